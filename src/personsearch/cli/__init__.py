@@ -1,0 +1,1 @@
+"""The ``personsearch`` command: a thin Typer layer over the library (one module per verb)."""

@@ -1,0 +1,65 @@
+"""The ``personsearch`` Typer application. Verb modules are imported here; none imports torch at
+module level, so ``personsearch --help`` stays fast."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from personsearch import __version__
+from personsearch.cli import common
+from personsearch.cli import config as config_cli
+from personsearch.errors import PersonsearchError
+
+
+class _Group(TyperGroup):
+    """Turns library errors into one clear message and the documented exit code."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except PersonsearchError as exc:
+            common.report_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            common.stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    name="personsearch",
+    cls=_Group,
+    help="Text-based person search: rank pedestrian images by a sentence (IRRA + attention-guided masking).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"personsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    common.state.verbose = verbose
+    common.state.quiet = quiet and not verbose
+    common.configure_console_logging()
+
+
+app.add_typer(config_cli.app, name="config")
+
+
+def main() -> None:
+    app()
