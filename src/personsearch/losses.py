@@ -1,0 +1,92 @@
+"""The matching and auxiliary objectives of IRRA: SDM, ITC, ID, MLM and CMPM.
+
+Each follows DESIGN.md's formulas; feature vectors are L2-normalised inside a loss unless the
+formula says otherwise. All functions take batched tensors and return a scalar tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["cmpm_loss", "id_loss", "itc_loss", "mlm_loss", "sdm_loss"]
+
+
+def _same(values: Tensor) -> Tensor:
+    """[B, B] float matrix of 1 where values_i == values_j."""
+    flat = values.reshape(-1)
+    return (flat[:, None] == flat[None, :]).float()
+
+
+def _distribution_matching(logits: Tensor, target: Tensor, eps: float) -> Tensor:
+    """mean_i sum_j p_ij (log p_ij - log(q_ij + eps)) with p = softmax over rows of ``logits``."""
+    log_p = F.log_softmax(logits, dim=1)
+    return (log_p.exp() * (log_p - torch.log(target + eps))).sum(dim=1).mean()
+
+
+def sdm_loss(
+    image_feats: Tensor,
+    text_feats: Tensor,
+    pids: Tensor,
+    logit_scale: float | Tensor,
+    image_ids: Tensor | None = None,
+    factor: float = 0.3,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Similarity distribution matching: KL from the identity-match distribution, both directions.
+
+    With ``image_ids`` the soft labels are ``(y - m) * factor + m`` (m: same image) and each row is
+    normalised by its own sum (IRRA divides by column sums, identical only without image ids).
+    """
+    labels = _same(pids)
+    if image_ids is not None:
+        same_image = _same(image_ids)
+        labels = (labels - same_image) * factor + same_image
+    target = labels / labels.sum(dim=1, keepdim=True)
+    image_norm = F.normalize(image_feats.float(), dim=1)
+    text_norm = F.normalize(text_feats.float(), dim=1)
+    i2t = logit_scale * image_norm @ text_norm.t()
+    return _distribution_matching(i2t, target, eps) + _distribution_matching(i2t.t(), target, eps)
+
+
+def itc_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: float | Tensor) -> Tensor:
+    """Symmetric InfoNCE with the matching pair on the diagonal, averaged over both directions."""
+    image_norm = F.normalize(image_feats.float(), dim=1)
+    text_norm = F.normalize(text_feats.float(), dim=1)
+    logits = logit_scale * image_norm @ text_norm.t()
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+def id_loss(image_logits: Tensor, text_logits: Tensor, pids: Tensor) -> Tensor:
+    """Identity classification of both modalities through one shared classifier, averaged."""
+    pids = pids.reshape(-1).long()
+    return (F.cross_entropy(image_logits.float(), pids) + F.cross_entropy(text_logits.float(), pids)) / 2
+
+
+def mlm_loss(scores: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over the vocabulary at masked positions (label 0 = not masked, ignored).
+
+    ``scores`` is [..., V] and ``labels`` the matching [...]. With no masked position at all the
+    loss is an exact zero that still carries a gradient path (instead of NaN).
+    """
+    flat_scores = scores.reshape(-1, scores.shape[-1]).float()
+    flat_labels = labels.reshape(-1).long()
+    if not bool((flat_labels != 0).any()):
+        return flat_scores.sum() * 0.0
+    return F.cross_entropy(flat_scores, flat_labels, ignore_index=0)
+
+
+def cmpm_loss(image_feats: Tensor, text_feats: Tensor, pids: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cross-modal projection matching: raw features projected on the other side's unit vectors,
+    matched to q_i = y_i / ||y_i||_2 in both directions."""
+    labels = _same(pids)
+    target = labels / labels.norm(dim=1, keepdim=True)
+    image_feats = image_feats.float()
+    text_feats = text_feats.float()
+    image_proj_text = image_feats @ F.normalize(text_feats, dim=1).t()
+    text_proj_image = text_feats @ F.normalize(image_feats, dim=1).t()
+    return _distribution_matching(image_proj_text, target, eps) + _distribution_matching(
+        text_proj_image, target, eps
+    )
