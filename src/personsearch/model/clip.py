@@ -1,0 +1,412 @@
+"""CLIP ViT image encoder and causal text transformer with OpenAI's parameter names.
+
+The state dict matches OpenAI's (and IRRA's ``base_model``) key for key, so every public CLIP
+checkpoint loads without renaming. Differences from OpenAI's module are in speed only: attention
+runs through ``scaled_dot_product_attention`` on the fused ``in_proj`` weights, tokens are laid out
+batch-first, the image may be any (H, W) with any stride up to the patch size, and the text encoder
+can report the EOT query's attention row (the importance signal of attention-guided masking) from
+the same forward that produces the features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from personsearch.errors import InputError
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "QuickGELU",
+    "build_clip",
+    "config_from_state_dict",
+    "patch_grid",
+]
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Architecture of a CLIP ViT, as read from a state dict or chosen for random init.
+
+    ``image_resolution`` is the square input size the checkpoint's position table was trained for
+    (224 for ViT-B/16); it is ``None`` when that table is not square (a checkpoint saved at a
+    person-shaped grid such as 24x8), in which case it is used as stored.
+    """
+
+    embed_dim: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    patch_size: int
+    image_resolution: int | None
+    text_width: int
+    text_layers: int
+    text_heads: int
+    context_length: int = 77
+    vocab_size: int = 49408
+
+    @property
+    def pretrained_grid(self) -> tuple[int, int] | None:
+        if self.image_resolution is None:
+            return None
+        side = self.image_resolution // self.patch_size
+        return (side, side)
+
+
+_REQUIRED_KEYS = (
+    "visual.conv1.weight",
+    "visual.class_embedding",
+    "visual.positional_embedding",
+    "visual.ln_post.weight",
+    "visual.proj",
+    "token_embedding.weight",
+    "positional_embedding",
+    "ln_final.weight",
+    "text_projection",
+)
+
+
+def _count_layers(state_dict: dict[str, Tensor], prefix: str) -> int:
+    indices = {
+        int(key[len(prefix) :].split(".", 1)[0])
+        for key in state_dict
+        if key.startswith(prefix) and key[len(prefix) :].split(".", 1)[0].isdigit()
+    }
+    return max(indices) + 1 if indices else 0
+
+
+def config_from_state_dict(state_dict: dict[str, Tensor]) -> CLIPConfig:
+    """Read the architecture from an OpenAI-named CLIP state dict (B/32, B/16, L/14, L/14@336, ...)."""
+    if (
+        any(key.startswith("visual.layer1.") for key in state_dict)
+        or "visual.attnpool.c_proj.weight" in state_dict
+    ):
+        raise InputError(
+            "ResNet CLIP is not supported: this checkpoint has a ResNet image encoder (visual.layer1...)",
+            hint="use a ViT CLIP such as ViT-B/16",
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in state_dict]
+    if missing:
+        raise InputError(
+            f"not a CLIP ViT checkpoint: missing {', '.join(missing)}",
+            hint="expected OpenAI CLIP parameter names (visual.*, transformer.*, token_embedding, ...)",
+        )
+    conv = state_dict["visual.conv1.weight"]
+    vision_width, _, patch_size, _ = conv.shape
+    vision_layers = _count_layers(state_dict, "visual.transformer.resblocks.")
+    text_layers = _count_layers(state_dict, "transformer.resblocks.")
+    if vision_layers == 0 or text_layers == 0:
+        which = "visual.transformer.resblocks.0.*" if vision_layers == 0 else "transformer.resblocks.0.*"
+        raise InputError(f"not a CLIP ViT checkpoint: missing {which}")
+    positions = state_dict["visual.positional_embedding"].shape[0] - 1
+    side = math.isqrt(positions)
+    text_width = state_dict["ln_final.weight"].shape[0]
+    return CLIPConfig(
+        embed_dim=state_dict["text_projection"].shape[1],
+        vision_width=vision_width,
+        vision_layers=vision_layers,
+        vision_heads=max(1, vision_width // 64),
+        patch_size=patch_size,
+        image_resolution=side * patch_size if side * side == positions else None,
+        text_width=text_width,
+        text_layers=text_layers,
+        text_heads=max(1, text_width // 64),
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+    )
+
+
+def patch_grid(image_size: tuple[int, int], patch_size: int, stride: int) -> tuple[int, int]:
+    """Rows and columns of patches; every pixel must be covered, as IRRA's stride arithmetic assumes."""
+    height, width = (int(v) for v in image_size)
+    if stride < 1 or stride > patch_size:
+        raise InputError(
+            f"patch stride {stride} is not usable with patch size {patch_size}",
+            hint=f"choose a stride between 1 and {patch_size}",
+        )
+    for name, size in (("height", height), ("width", width)):
+        if size < patch_size or (size - patch_size) % stride:
+            lower = max(patch_size, patch_size + (max(size - patch_size, 0) // stride) * stride)
+            raise InputError(
+                f"image {name} {size} cannot be covered by {patch_size}-pixel patches at stride {stride}",
+                hint=f"use a {name} of the form {patch_size} + k*{stride}, e.g. {lower} or {lower + stride}",
+            )
+    return ((height - patch_size) // stride + 1, (width - patch_size) // stride + 1)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names, run through SDPA."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise InputError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: Tensor, causal: bool = False, query_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend over ``x`` [B, T, C]; with ``query_index`` [B] also return that query's
+        head-averaged attention row [B, T] (float32, no gradient)."""
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        row = None
+        if query_index is not None:
+            with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+                rows = torch.arange(batch, device=x.device)
+                q_sel = q[rows, :, query_index].float()  # [B, H, d]
+                scores = torch.einsum("bhd,bhtd->bht", q_sel, k.detach().float()) * head_dim**-0.5
+                if causal:
+                    positions = torch.arange(length, device=x.device)
+                    future = positions[None, :] > query_index[:, None]
+                    scores = scores.masked_fill(future[:, None, :], float("-inf"))
+                row = scores.softmax(dim=-1).mean(dim=1)
+        return out, row
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, width * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(width * 4, width)),
+                ]
+            )
+        )
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(
+        self, x: Tensor, causal: bool = False, query_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        attended, row = self.attn(self.ln_1(x), causal=causal, query_index=query_index)
+        x = x + attended
+        x = x + self.mlp(self.ln_2(x))
+        return x, row
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(
+        self,
+        x: Tensor,
+        causal: bool = False,
+        query_index: Tensor | None = None,
+        attention_layers: int = 0,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run every block; average the ``query_index`` attention rows of the last ``attention_layers``."""
+        first_recorded = (
+            self.layers - min(attention_layers, self.layers) if query_index is not None else self.layers
+        )
+        total: Tensor | None = None
+        for index, block in enumerate(self.resblocks):
+            record = query_index if index >= first_recorded else None
+            x, row = block(x, causal=causal, query_index=record)
+            if row is not None:
+                total = row if total is None else total + row
+        if total is not None:
+            total = total / (self.layers - first_recorded)
+        return x, total
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: CLIPConfig, grid: tuple[int, int], stride: int) -> None:
+        super().__init__()
+        width = config.vision_width
+        self.grid = grid
+        self.stride = stride
+        self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=stride, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid[0] * grid[1] + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, config.vision_layers, config.vision_heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, config.embed_dim))
+
+    def tokens(self, images: Tensor) -> Tensor:
+        """Every token after the last block, before ``ln_post``: [B, 1 + rows*cols, width]."""
+        x = self.conv1(images.to(self.conv1.weight.dtype))
+        if tuple(x.shape[-2:]) != self.grid:
+            raise InputError(
+                f"images of size {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid; "
+                f"this model expects {self.grid}",
+                hint="resize images to the model's image size",
+            )
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x)
+        x, _ = self.transformer(x)
+        return x
+
+
+class CLIP(nn.Module):
+    """CLIP ViT for person-shaped images; parameter names are OpenAI's exactly."""
+
+    def __init__(
+        self, config: CLIPConfig, image_size: tuple[int, int] = (384, 128), stride: int = 16
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.stride = int(stride)
+        self.grid = patch_grid(self.image_size, config.patch_size, self.stride)
+        self.visual = VisionTransformer(config, self.grid, self.stride)
+        self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
+        self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.text_width))
+        self.ln_final = nn.LayerNorm(config.text_width)
+        self.text_projection = nn.Parameter(torch.empty(config.text_width, config.embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """OpenAI CLIP's initialisation of the text tower (the visual tower initialises itself)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    # ---------------------------------------------------------------------------------- image
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Global image features [B, D]: the class token after ``ln_post``, projected."""
+        x = self.visual.tokens(images)
+        return self.visual.ln_post(x[:, 0]) @ self.visual.proj.to(x.dtype)
+
+    def encode_image_tokens(self, images: Tensor) -> Tensor:
+        """Every image token [B, 1 + N, D] after ``ln_post``, projected; index 0 is the global feature."""
+        x = self.visual.tokens(images)
+        return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
+
+    # ----------------------------------------------------------------------------------- text
+
+    def _text_tokens(
+        self, ids: Tensor, attention_layers: int, trim: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        if ids.dim() != 2:
+            raise InputError(f"token ids must have shape [batch, length], got {tuple(ids.shape)}")
+        if ids.shape[1] > self.config.context_length:
+            raise InputError(
+                f"captions of {ids.shape[1]} tokens exceed the context of {self.config.context_length}",
+                hint="tokenize with the model's context length",
+            )
+        eot = ids.argmax(dim=-1)
+        if trim and ids.shape[0] > 0:
+            ids = ids[:, : int(eot.max()) + 1]
+        length = ids.shape[1]
+        x = self.token_embedding(ids) + self.positional_embedding[:length]
+        x, row = self.transformer(
+            x,
+            causal=True,
+            query_index=eot if attention_layers > 0 else None,
+            attention_layers=attention_layers,
+        )
+        return x, eot, row
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """Global text features [B, D]: the EOT token (argmax of ids) after ``ln_final``, projected.
+
+        The encoder is causal, so the batch is cut to its longest caption first; the result is the
+        same as running all ``context_length`` positions.
+        """
+        x, eot, _ = self._text_tokens(ids, attention_layers=0, trim=True)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        return self.ln_final(x) @ self.text_projection.to(x.dtype)
+
+    def encode_text_tokens(
+        self, ids: Tensor, attention_layers: int = 0, trim: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Every text token [B, T, D] after ``ln_final``, projected, and the EOT attention row.
+
+        With ``attention_layers`` > 0 the second value is the attention weight from the EOT query
+        to every key position [B, T], averaged over heads and the last ``attention_layers`` layers,
+        detached (zero after EOT). ``trim`` cuts T to the longest caption (max EOT index + 1);
+        positions up to each caption's EOT are identical either way. The global text feature is
+        ``tokens[arange(B), ids.argmax(-1)]``.
+        """
+        x, _, row = self._text_tokens(ids, attention_layers=attention_layers, trim=trim)
+        return self.ln_final(x) @ self.text_projection.to(x.dtype), row
+
+    def forward(self, images: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Global image and text features."""
+        return self.encode_image(images), self.encode_text(ids)
+
+
+def _arch_value(arch: Any, name: str) -> int:
+    value = arch[name] if isinstance(arch, dict) else getattr(arch, name)
+    return int(value)
+
+
+def build_clip(
+    arch: Any,
+    image_size: tuple[int, int] = (384, 128),
+    stride: int = 16,
+    context_length: int = 77,
+    vocab_size: int = 49408,
+) -> CLIP:
+    """A randomly initialised CLIP from ``settings.model.arch`` values (an object or a dict)."""
+    patch = _arch_value(arch, "patch_size")
+    config = CLIPConfig(
+        embed_dim=_arch_value(arch, "embed_dim"),
+        vision_width=_arch_value(arch, "vision_width"),
+        vision_layers=_arch_value(arch, "vision_layers"),
+        vision_heads=_arch_value(arch, "vision_heads"),
+        patch_size=patch,
+        image_resolution=None,
+        text_width=_arch_value(arch, "text_width"),
+        text_layers=_arch_value(arch, "text_layers"),
+        text_heads=_arch_value(arch, "text_heads"),
+        context_length=int(context_length),
+        vocab_size=int(vocab_size),
+    )
+    return CLIP(config, image_size=image_size, stride=stride)
