@@ -233,7 +233,9 @@ class ClipTokenizer:
             rows[row, : len(ids)] = ids
         return rows
 
-    def tokenize(self, texts: str | Sequence[str], context_length: int = 77, truncate: bool = True) -> torch.Tensor:
+    def tokenize(
+        self, texts: str | Sequence[str], context_length: int = 77, truncate: bool = True
+    ) -> torch.Tensor:
         import torch
 
         return torch.from_numpy(self.token_matrix(texts, context_length, truncate, dtype=np.int64))
