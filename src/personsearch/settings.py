@@ -82,6 +82,11 @@ class LossSettings(Section):
     image_ids: bool = Field(False, description="SDM soft labels from image ids (factor below)")
     image_id_factor: float = Field(0.3, ge=0, le=1)
     gather: bool = Field(False, description="under DDP, gather features of all ranks for SDM/ITC")
+    mlm_trim: bool = Field(
+        False,
+        description="cut the MLM branch to the batch's longest caption (faster; IRRA's cross-modal "
+        "transformer attends over all text_length positions, padding included)",
+    )
 
     @field_validator("names")
     @classmethod

@@ -1,0 +1,310 @@
+"""IRRA: a CLIP backbone with an identity classifier and a cross-modal masked-language branch.
+
+Module names follow IRRA's ``model/build.py`` (``base_model``, ``classifier``, ``cross_attn``,
+``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head``) so IRRA
+checkpoints load by name and the optimizer's parameter groups can match on them.
+
+Where this forward is faster than IRRA's, and whether it is exact:
+
+- The text pass for the matching losses runs on the batch cut to its longest caption. Exact: the
+  text encoder is causal, so every position up to EOT (the feature and the EOT attention row)
+  depends only on earlier tokens.
+- The MLM head runs only at masked positions. Exact: it acts on each position independently and
+  the loss and accuracy only read masked positions.
+- By default the masked caption is encoded and passed through the cross-modal transformer at the
+  full caption length, as IRRA does (its blocks attend over all positions, padding included, so
+  cutting them changes the result). ``mlm_trim=True`` (``loss.mlm_trim``) cuts this branch to the
+  longest caption too: faster, but padding positions then no longer take part.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from personsearch.errors import InputError
+from personsearch.losses import cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
+from personsearch.model.clip import CLIP, QuickGELU, Transformer
+from personsearch.settings import LOSS_NAMES, MaskingSettings
+from personsearch.text.masking import mask_captions
+
+if TYPE_CHECKING:
+    from personsearch.settings import Settings
+
+__all__ = ["IRRA", "CrossAttention", "build_irra"]
+
+logger = logging.getLogger(__name__)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from text queries to image keys/values, with ``nn.MultiheadAttention``'s
+    parameter names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), run through SDPA."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise InputError(f"cross-attention width {width} is not divisible by {heads} heads")
+        self.width = width
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """``query`` [B, Tq, C] attends to ``key``/``value`` [B, Tk, C]; returns [B, Tq, C]."""
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        batch, head_dim = query.shape[0], self.width // self.heads
+
+        def heads(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+            return F.linear(x, weight, bias).view(batch, x.shape[1], self.heads, head_dim).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, query.shape[1], self.width))
+
+
+class IRRA(nn.Module):
+    """CLIP + the heads of the enabled losses; ``forward`` returns every loss and IRRA's accuracies."""
+
+    def __init__(
+        self,
+        base_model: CLIP,
+        num_classes: int,
+        losses: Sequence[str] = ("sdm", "mlm", "id"),
+        loss_weights: Mapping[str, float] | None = None,
+        temperature: float = 0.02,
+        cmt_depth: int = 4,
+        vocab_size: int | None = None,
+        masking: MaskingSettings | None = None,
+        image_ids: bool = False,
+        image_id_factor: float = 0.3,
+        mlm_trim: bool = False,
+    ) -> None:
+        super().__init__()
+        unknown = [name for name in losses if name not in LOSS_NAMES]
+        if unknown or not losses:
+            raise InputError(f"unknown loss {unknown[0]!r}" if unknown else "no loss enabled",
+                             hint=f"choose from {', '.join(LOSS_NAMES)}")
+        if "id" in losses and num_classes < 1:
+            raise InputError(f"the identity loss needs at least one identity, got num_classes={num_classes}")
+        if temperature <= 0:
+            raise InputError(f"temperature must be positive, got {temperature}")
+        self.losses = tuple(dict.fromkeys(losses))
+        self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in self.losses}
+        self.num_classes = int(num_classes)
+        self.masking = masking or MaskingSettings()
+        self.image_ids = image_ids
+        self.image_id_factor = image_id_factor
+        self.mlm_trim = mlm_trim
+        self.base_model = base_model
+        self.embed_dim = base_model.config.embed_dim
+        self.vocab_size = int(vocab_size if vocab_size is not None else base_model.config.vocab_size)
+        # Fixed (not learned) logit scale, as IRRA: 1 / temperature.
+        self.logit_scale = 1.0 / temperature
+        width = self.embed_dim
+
+        if "id" in self.losses:
+            self.classifier = nn.Linear(width, self.num_classes)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.constant_(self.classifier.bias, 0.0)
+
+        if "mlm" in self.losses:
+            if width % 64:
+                raise InputError(
+                    f"the cross-modal branch needs an embedding size divisible by 64, got {width}"
+                )
+            heads = width // 64
+            self.cross_attn = CrossAttention(width, heads)
+            self.cross_modal_transformer = Transformer(width=width, layers=cmt_depth, heads=heads)
+            self.ln_pre_t = nn.LayerNorm(width)
+            self.ln_pre_i = nn.LayerNorm(width)
+            self.ln_post = nn.LayerNorm(width)
+            self.mlm_head = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("dense", nn.Linear(width, width)),
+                        ("gelu", QuickGELU()),
+                        ("ln", nn.LayerNorm(width)),
+                        ("fc", nn.Linear(width, self.vocab_size)),
+                    ]
+                )
+            )
+            self._init_cross_modal(width, cmt_depth)
+
+    def _init_cross_modal(self, width: int, depth: int) -> None:
+        attn_std = width**-0.5
+        proj_std = width**-0.5 * (2 * depth) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.cross_modal_transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.cross_attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(self.cross_attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(self.mlm_head.dense.weight, std=fc_std)
+        nn.init.normal_(self.mlm_head.fc.weight, std=proj_std)
+
+    # ------------------------------------------------------------------------------ building
+
+    @classmethod
+    def from_settings(cls, settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:
+        """The model the settings describe; ``clip`` defaults to ``settings.model.pretrained``
+        (random init from ``settings.model.arch`` when that is null)."""
+        if clip is None:
+            clip = _clip_from_settings(settings)
+        loss = settings.loss
+        weights = {name: getattr(loss, f"{name}_weight") for name in LOSS_NAMES}
+        return cls(
+            clip,
+            num_classes,
+            losses=loss.enabled,
+            loss_weights=weights,
+            temperature=settings.model.temperature,
+            cmt_depth=settings.model.cmt_depth,
+            vocab_size=settings.model.vocab_size,
+            masking=settings.masking,
+            image_ids=loss.image_ids,
+            image_id_factor=loss.image_id_factor,
+            mlm_trim=loss.mlm_trim,
+        )
+
+    # ------------------------------------------------------------------------------ encoding
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Global image features [B, D] (for retrieval)."""
+        return self.base_model.encode_image(images)
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """Global text features [B, D] (for retrieval)."""
+        return self.base_model.encode_text(ids)
+
+    def cross_former(self, text_tokens: Tensor, image_tokens: Tensor) -> Tensor:
+        """Text tokens attend to image tokens, then the cross-modal blocks and ``ln_post``."""
+        image = self.ln_pre_i(image_tokens)
+        x = self.cross_attn(self.ln_pre_t(text_tokens), image, image)
+        x, _ = self.cross_modal_transformer(x)
+        return self.ln_post(x)
+
+    # ------------------------------------------------------------------------------- forward
+
+    def forward(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Losses and accuracies for one batch.
+
+        ``batch``: ``images`` [B, 3, H, W], ``caption_ids`` [B, T] (SOT ... EOT, zero padded),
+        ``pids`` [B] identity labels in [0, num_classes), optionally ``image_ids`` [B]. Returns
+        ``<name>_loss`` for each enabled loss (weighted), ``loss`` (their sum), ``img_acc`` and
+        ``txt_acc`` (with "id") and ``mlm_acc`` (with "mlm"); all tensors.
+        """
+        for key in ("images", "caption_ids", "pids"):
+            if key not in batch:
+                raise ValueError(f"batch has no {key!r} (needs images, caption_ids, pids)")
+        images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"].reshape(-1)
+        if ids.dim() != 2 or ids.shape[0] != images.shape[0] or pids.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"batch shapes disagree: images {tuple(images.shape)}, caption_ids {tuple(ids.shape)}, "
+                f"pids {tuple(pids.shape)}"
+            )
+        out: dict[str, Tensor] = {}
+        use_mlm = "mlm" in self.losses
+        agm = use_mlm and self.masking.strategy == "attention"
+
+        image_tokens = self.base_model.encode_image_tokens(images)
+        i_feats = image_tokens[:, 0].float()
+        length = int(ids.argmax(dim=-1).max()) + 1
+        short_ids = ids[:, :length]
+        text_tokens, eot_attention = self.base_model.encode_text_tokens(
+            short_ids, attention_layers=self.masking.layers if agm else 0
+        )
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
+
+        if "itc" in self.losses:
+            out["itc_loss"] = itc_loss(i_feats, t_feats, self.logit_scale) * self.loss_weights["itc"]
+        if "sdm" in self.losses:
+            image_ids = self._image_ids(batch)
+            out["sdm_loss"] = sdm_loss(
+                i_feats, t_feats, pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor
+            ) * self.loss_weights["sdm"]
+        if "cmpm" in self.losses:
+            out["cmpm_loss"] = cmpm_loss(i_feats, t_feats, pids) * self.loss_weights["cmpm"]
+        if "id" in self.losses:
+            self._check_pids(pids)
+            image_logits = self.classifier(i_feats)
+            text_logits = self.classifier(t_feats)
+            out["id_loss"] = id_loss(image_logits, text_logits, pids) * self.loss_weights["id"]
+            out["img_acc"] = (image_logits.argmax(dim=1) == pids).float().mean()
+            out["txt_acc"] = (text_logits.argmax(dim=1) == pids).float().mean()
+        if use_mlm:
+            out.update(self._mlm(ids, short_ids, image_tokens, eot_attention, generator))
+
+        out["loss"] = torch.stack([out[f"{name}_loss"].float() for name in self.losses]).sum()
+        return out
+
+    def _mlm(self, ids: Tensor, short_ids: Tensor, image_tokens: Tensor, eot_attention: Tensor | None,
+             generator: torch.Generator | None) -> dict[str, Tensor]:
+        masked, labels = mask_captions(short_ids, self.masking, eot_attention, generator)
+        if not self.mlm_trim and short_ids.shape[1] < ids.shape[1]:
+            pad = ids.shape[1] - short_ids.shape[1]
+            masked = F.pad(masked, (0, pad))
+            labels = F.pad(labels, (0, pad))
+        mlm_tokens, _ = self.base_model.encode_text_tokens(masked)
+        x = self.cross_former(mlm_tokens, image_tokens)
+        chosen = labels != 0
+        scores = self.mlm_head(x[chosen]).float()  # only masked positions: the head is per-position
+        targets = labels[chosen]
+        loss = mlm_loss(scores, targets) if targets.numel() else x.sum() * 0.0
+        if targets.numel():
+            accuracy = (scores.argmax(dim=1) == targets).float().mean()
+        else:
+            accuracy = torch.zeros((), device=x.device)
+        return {"mlm_loss": loss * self.loss_weights["mlm"], "mlm_acc": accuracy}
+
+    def _image_ids(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        if not self.image_ids:
+            return None
+        if "image_ids" not in batch:
+            raise InputError(
+                "loss.image_ids is on but the batch carries no image ids",
+                hint="turn it off (--set loss.image_ids=false) or use a dataset that provides image ids",
+            )
+        return batch["image_ids"].reshape(-1)
+
+    def _check_pids(self, pids: Tensor) -> None:
+        low, high = int(pids.min()), int(pids.max())
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise InputError(
+                f"identity label {bad} is outside the classifier's {self.num_classes} classes",
+                hint="num_classes must be the number of training identities, labels 0..num_classes-1",
+            )
+
+
+def _clip_from_settings(settings: Settings) -> CLIP:
+    from personsearch.model.checkpoints import load_clip
+    from personsearch.model.clip import build_clip
+
+    model = settings.model
+    if model.pretrained is None:
+        logger.info("randomly initialised CLIP (model.pretrained is null)")
+        return build_clip(model.arch, image_size=model.image_size, stride=model.stride,
+                          context_length=model.text_length, vocab_size=model.vocab_size)
+    return load_clip(model.pretrained, image_size=model.image_size, stride=model.stride,
+                     context_length=model.text_length)
+
+
+def build_irra(settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:
+    """``IRRA.from_settings``: the model, its CLIP from ``settings.model`` unless one is given."""
+    return IRRA.from_settings(settings, num_classes, clip)
