@@ -161,8 +161,8 @@ def search_faiss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Approximate top-k for normalised float32 queries. Rows FAISS could not fill (too few
     probed lists) come back as -1 with score -inf; superseded rows are dropped like in exact search."""
-    faiss = _faiss()
     index = _load(gallery)
+    faiss = _faiss()
     probes = int(nprobe if nprobe is not None else gallery.header["faiss"].get("nprobe", 16))
     if probes < 1:
         raise InputError(f"nprobe must be at least 1, got {probes}")
