@@ -1,5 +1,12 @@
 """CLIP backbone (OpenAI names) and checkpoint loading."""
 
+from personsearch.model.checkpoints import (
+    convert_hf_state_dict,
+    load_clip,
+    read_state_dict,
+    resize_pos_embed,
+    resolve_model_name,
+)
 from personsearch.model.clip import (
     CLIP,
     CLIPConfig,
@@ -9,4 +16,16 @@ from personsearch.model.clip import (
     patch_grid,
 )
 
-__all__ = ["CLIP", "CLIPConfig", "QuickGELU", "build_clip", "config_from_state_dict", "patch_grid"]
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "QuickGELU",
+    "build_clip",
+    "config_from_state_dict",
+    "convert_hf_state_dict",
+    "load_clip",
+    "patch_grid",
+    "read_state_dict",
+    "resize_pos_embed",
+    "resolve_model_name",
+]

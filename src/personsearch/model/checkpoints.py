@@ -1,0 +1,423 @@
+"""Load CLIP weights from every format people have them in, always to OpenAI's parameter names.
+
+Formats: OpenAI's TorchScript archives, plain state-dict files (read with ``weights_only=True``, so
+a pickle that would run code is refused, never executed), ``.safetensors``, Hugging Face CLIP
+folders, IRRA checkpoints (``{"model": ...}`` with a ``base_model.`` prefix) and our own run
+folders. A model name such as ``ViT-B/16`` resolves to a file the user placed locally; nothing is
+ever downloaded. The visual position table is resized to the model's patch grid the way IRRA does
+(bilinear, ``align_corners=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from personsearch.errors import InputError
+from personsearch.model.clip import CLIP, CLIPConfig, config_from_state_dict, patch_grid
+
+__all__ = [
+    "CLIP_DIR_ENV",
+    "convert_hf_state_dict",
+    "load_clip",
+    "read_state_dict",
+    "resize_pos_embed",
+    "resolve_model_name",
+]
+
+logger = logging.getLogger(__name__)
+
+CLIP_DIR_ENV = "PERSONSEARCH_CLIP_DIR"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")
+
+
+# ------------------------------------------------------------------------------- name lookup
+
+
+def _clip_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get(CLIP_DIR_ENV):
+        dirs.append(Path(os.environ[CLIP_DIR_ENV]).expanduser())
+    dirs.append(Path("~/.cache/clip").expanduser())
+    return dirs
+
+
+def _looks_like_model_name(source: str) -> bool:
+    return bool(re.fullmatch(r"(ViT|RN)[-\w]*(/\d+)?(@\d+px)?", source))
+
+
+def resolve_model_name(name: str) -> Path:
+    """``ViT-B/16`` -> the first existing ``ViT-B-16.pt`` in ``$PERSONSEARCH_CLIP_DIR``, ``~/.cache/clip``."""
+    filename = name.replace("/", "-").replace("@", "-") + ".pt"
+    dirs = _clip_dirs()
+    for folder in dirs:
+        if (folder / filename).is_file():
+            return folder / filename
+    raise InputError(
+        f"CLIP weights {name!r} not found: no {filename} in {' or '.join(str(d) for d in dirs)}",
+        hint=f"copy OpenAI's {filename} to {dirs[0] / filename} (or set {CLIP_DIR_ENV} to its folder); "
+        "nothing is downloaded",
+    )
+
+
+# ------------------------------------------------------------------------------ file readers
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.endswith("constants.pkl") or "/code/" in name for name in names)
+
+
+def _read_torchscript(path: Path) -> dict[str, Tensor]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice is not the user's concern
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError subclasses with long C++ traces
+        raise InputError(
+            f"cannot read TorchScript archive {path}: {str(exc).splitlines()[0]}",
+            hint="the file may be truncated; copy it again",
+        ) from None
+    return dict(module.state_dict())
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" (it references {found.group(1)})" if found else ""
+            raise InputError(
+                f"refusing to load {path}: the pickle holds code or objects beyond tensors{what}",
+                hint="only plain state dicts are read; convert the file to .safetensors where you trust it",
+            ) from None
+        raise InputError(f"cannot read {path}: corrupt pickle ({text.splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"cannot read {path}: the file is truncated or corrupt ({first})",
+            hint="copy or download it again",
+        ) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(
+            f"cannot read {path}: the safetensors file is truncated or corrupt ({exc})",
+            hint="copy or write it again",
+        ) from None
+
+
+def _read_file(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if _is_torchscript(path):
+        return _read_torchscript(path)
+    return _read_pickle(path)
+
+
+# --------------------------------------------------------------------------- name conversion
+
+
+def _unwrap(obj: Any, origin: Path) -> dict[str, Tensor]:
+    """Find the tensor dict inside IRRA's ``{"model": ...}`` or a ``{"state_dict": ...}`` wrapper."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise InputError(
+            f"{origin} does not hold a state dict (found {type(obj).__name__})",
+            hint="expected CLIP weights: a state dict, an IRRA checkpoint or an OpenAI .pt archive",
+        )
+    return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
+    if any(key.startswith("base_model.") for key in state_dict):
+        # IRRA and our own runs: the CLIP lives under base_model., the heads beside it.
+        state_dict = {
+            k[len("base_model.") :]: v for k, v in state_dict.items() if k.startswith("base_model.")
+        }
+    return state_dict
+
+
+_HF_BLOCK = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_HF_SINGLE = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "logit_scale": "logit_scale",
+}
+_HF_TRANSPOSED = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
+_HF_LAYER = re.compile(r"(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def _is_hf(state_dict: dict[str, Tensor]) -> bool:
+    return any(key.startswith(("vision_model.", "text_model.")) for key in state_dict)
+
+
+def convert_hf_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ``CLIPModel`` names -> OpenAI names (q/k/v fused, projections transposed)."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.endswith("position_ids"):
+            continue
+        if key in _HF_SINGLE:
+            out[_HF_SINGLE[key]] = value
+        elif key in _HF_TRANSPOSED:
+            out[_HF_TRANSPOSED[key]] = value.t().contiguous()
+        elif match := _HF_LAYER.match(key):
+            tower, index, part, kind = match.groups()
+            prefix = f"{'transformer' if tower == 'text_model' else 'visual.transformer'}.resblocks.{index}."
+            if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((prefix, kind), {})[part[-6]] = value
+            elif part in _HF_BLOCK:
+                out[f"{prefix}{_HF_BLOCK[part]}.{kind}"] = value
+            else:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    for (prefix, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            missing = ", ".join(f"{p}_proj" for p in "qkv" if p not in parts)
+            raise InputError(f"Hugging Face CLIP weights lack {missing}.{kind} for {prefix}")
+        out[f"{prefix}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if unknown:
+        logger.warning(
+            "ignored %d Hugging Face keys not part of CLIP: %s", len(unknown), ", ".join(unknown[:5])
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------ folders
+
+
+def _read_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"cannot read {config_path}: {exc}", hint="it must be a Hugging Face CLIP config"
+        ) from None
+    heads: dict[str, int] = {}
+    for section, field in (("vision_config", "vision_heads"), ("text_config", "text_heads")):
+        sub = config.get(section) if isinstance(config, dict) else None
+        if not isinstance(sub, dict):
+            raise InputError(
+                f"{config_path} has no {section!r}", hint="expected a Hugging Face CLIPModel config"
+            )
+        act = sub.get("hidden_act", "quick_gelu")
+        if act != "quick_gelu":
+            raise InputError(
+                f"{config_path}: {section}.hidden_act is {act!r}; this CLIP implements OpenAI's quick_gelu",
+                hint="use an OpenAI CLIP checkpoint (hidden_act 'quick_gelu')",
+            )
+        if isinstance(sub.get("num_attention_heads"), int):
+            heads[field] = sub["num_attention_heads"]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            weights = folder / name
+            break
+    else:
+        raise InputError(
+            f"Hugging Face folder {folder} has no model.safetensors or pytorch_model.bin",
+            hint="sharded checkpoints are not supported; save the model as one file",
+        )
+    state_dict = _unwrap(_read_file(weights), weights)
+    return convert_hf_state_dict(state_dict), heads
+
+
+def _run_heads(run_dir: Path) -> dict[str, int]:
+    """Attention heads saved in a run's config.yaml (they cannot be read from the weights)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        arch = data["model"]["arch"]
+        return {name: int(arch[name]) for name in ("vision_heads", "text_heads") if name in arch}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
+    for candidates, run_dir in ((folder / "checkpoints", folder), (folder, folder.parent)):
+        for name in _RUN_CHECKPOINTS:
+            path = candidates / name
+            if path.is_file():
+                return _strip_prefixes(_unwrap(_read_file(path), path)), _run_heads(run_dir)
+    if (folder / "config.json").is_file():
+        return _read_hf_folder(folder)
+    if (folder / "checkpoints").is_dir():
+        raise InputError(
+            f"run folder {folder} has no checkpoints/best.safetensors or checkpoints/last.safetensors",
+            hint="train the run until it saves a checkpoint, or pass a weights file",
+        )
+    raise InputError(
+        f"{folder} is neither a run folder (checkpoints/best.safetensors) nor a Hugging Face CLIP folder "
+        "(config.json + model.safetensors)",
+        hint="pass a run folder, a weights file or a model name such as ViT-B/16",
+    )
+
+
+def _read(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, int], Path]:
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if _looks_like_model_name(text):
+            path = resolve_model_name(text)
+        else:
+            raise InputError(f"CLIP weights not found: {path} does not exist", hint="check the path")
+    heads: dict[str, int] = {}
+    if path.is_dir():
+        state_dict, heads = _read_folder(path)
+    else:
+        state_dict = _strip_prefixes(_unwrap(_read_file(path), path))
+        if _is_hf(state_dict):
+            state_dict = convert_hf_state_dict(state_dict)
+    for key in _OPENAI_EXTRA_KEYS:
+        state_dict.pop(key, None)
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    return state_dict, heads, path
+
+
+def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Any supported format (file, folder or model name) -> float32 CPU tensors under OpenAI names."""
+    return _read(source)[0]
+
+
+# ---------------------------------------------------------------------------------- adapting
+
+
+def resize_pos_embed(posemb: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Class token + square grid [1 + n*n, C] -> class token + (rows x cols) grid, bilinear like IRRA."""
+    positions = posemb.shape[0] - 1
+    if positions == grid[0] * grid[1]:
+        return posemb
+    side = math.isqrt(positions)
+    if side * side != positions:
+        raise InputError(
+            f"visual.positional_embedding has {positions} patch positions: neither a square grid nor the "
+            f"model's {grid[0]}x{grid[1]} grid",
+            hint="load it with the image size and stride it was trained with",
+        )
+    token, table = posemb[:1], posemb[1:]
+    table = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=grid, mode="bilinear", align_corners=False)
+    table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([token, table], dim=0)
+
+
+def _adapt(state_dict: dict[str, Tensor], model: CLIP) -> dict[str, Tensor]:
+    state_dict = dict(state_dict)
+    state_dict["visual.positional_embedding"] = resize_pos_embed(
+        state_dict["visual.positional_embedding"], model.grid
+    )
+    context = model.config.context_length
+    if state_dict["positional_embedding"].shape[0] > context:
+        state_dict["positional_embedding"] = state_dict["positional_embedding"][:context]
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(f"not a complete CLIP checkpoint: missing {shown}")
+    unexpected = [key for key in state_dict if key not in expected]
+    if unexpected:
+        logger.warning(
+            "ignored %d keys that are not CLIP parameters: %s", len(unexpected), ", ".join(unexpected[:5])
+        )
+    for key, target in expected.items():
+        if tuple(state_dict[key].shape) != tuple(target.shape):
+            raise InputError(
+                f"checkpoint tensor {key} has shape {tuple(state_dict[key].shape)}, "
+                f"the model expects {tuple(target.shape)}",
+                hint="the checkpoint does not match this architecture",
+            )
+    return {key: state_dict[key] for key in expected}
+
+
+def load_clip(
+    source: str | os.PathLike[str],
+    image_size: tuple[int, int] = (384, 128),
+    stride: int = 16,
+    context_length: int | None = None,
+) -> CLIP:
+    """A CLIP with weights from ``source`` (file, folder or model name), float32 on CPU, eval mode.
+
+    The architecture is read from the weights; ``image_size`` and ``stride`` set the patch grid the
+    position table is resized to; ``context_length`` (default: the checkpoint's) may only shorten
+    the text context.
+    """
+    state_dict, heads, path = _read(source)
+    config = config_from_state_dict(state_dict)
+    if heads:
+        config = dataclasses.replace(config, **heads)
+    if context_length is not None:
+        if context_length > config.context_length:
+            raise InputError(
+                f"context length {context_length} exceeds the {config.context_length} positions in {path}",
+                hint=f"use at most {config.context_length}",
+            )
+        config = dataclasses.replace(config, context_length=int(context_length))
+    patch_grid(image_size, config.patch_size, stride)
+    model = CLIP(config, image_size=image_size, stride=stride)
+    model.load_state_dict(_adapt(state_dict, model))
+    logger.info("loaded CLIP %s from %s (grid %dx%d)", _describe(config), path, *model.grid)
+    return model.eval()
+
+
+def _describe(config: CLIPConfig) -> str:
+    return (
+        f"ViT width {config.vision_width} x{config.vision_layers}, patch {config.patch_size}, "
+        f"text width {config.text_width} x{config.text_layers}, embed {config.embed_dim}"
+    )
