@@ -1,0 +1,1 @@
+"""Training machinery: the loop, optimizer and schedules, checkpoints and resume, distributed setup."""
