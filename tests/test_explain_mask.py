@@ -1,0 +1,115 @@
+"""``personsearch explain-mask``: JSON shape and meaning, model sources, input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from personsearch.cli.app import app
+from personsearch.model.clip import build_clip
+from personsearch.runs import create_run
+from personsearch.settings import resolve_settings
+
+TINY = dict(embed_dim=64, vision_width=64, vision_layers=1, vision_heads=1, patch_size=16,
+            text_width=64, text_layers=2, text_heads=1)
+CAPTION = "a woman in a red coat carrying a black leather bag"
+SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+
+runner = CliRunner()
+
+
+def _json(args: list[str]) -> dict:
+    result = runner.invoke(app, ["explain-mask", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _check_shape(data: dict, caption_words: int) -> None:
+    assert set(data) == {"tokens", "importance", "masked"}
+    tokens, importance, masked = data["tokens"], data["importance"], data["masked"]
+    assert len(tokens) == len(importance) == len(masked) == caption_words + 2
+    assert tokens[0] == SPECIALS[0] and tokens[-1] == SPECIALS[1]
+    assert all(isinstance(t, str) for t in tokens) and all(isinstance(m, bool) for m in masked)
+    assert importance[0] == 0 and importance[-1] == 0
+    assert sum(importance) == pytest.approx(1.0, abs=1e-5)
+    assert all(v >= 0 for v in importance)
+    assert not masked[0] and not masked[-1]
+    assert sum(masked) == max(1, round(0.15 * caption_words))
+
+
+def _weights_file(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_clip(TINY, image_size=(32, 16), stride=16, context_length=77)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_random_model_when_no_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["explain-mask", CAPTION, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # stdout carries only JSON; the warning goes to stderr
+    _check_shape(data, caption_words=11)
+    assert data["tokens"][1:-1] == CAPTION.split()
+    assert "randomly initialised" in result.stderr
+
+
+def test_weights_and_top_k_at_zero_temperature(tmp_path):
+    weights = _weights_file(tmp_path)
+    args = [CAPTION, "--weights", str(weights), "--set", "model.image_size=[32,16]", "--temperature", "0",
+            "--ratio", "0.3"]
+    data = _json(args)
+    words = range(1, len(data["tokens"]) - 1)
+    k = round(0.3 * len(words))
+    top = sorted(words, key=lambda i: -data["importance"][i])[:k]
+    assert sorted(i for i, m in enumerate(data["masked"]) if m) == sorted(top)
+    assert _json(args) == data  # deterministic
+
+
+def test_run_folder_uses_its_settings(tmp_path):
+    settings = resolve_settings(
+        config={"model": {"image_size": [32, 16], "arch": TINY}, "masking": {"ratio": 0.4, "layers": 2},
+                "runtime": {"output_dir": str(tmp_path / "runs")}},
+        environ={},
+    )
+    run = create_run(settings, name="tiny")
+    torch.manual_seed(0)
+    model = build_clip(TINY, image_size=(32, 16), stride=16)
+    save_file({f"base_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              str(run / "checkpoints" / "best.safetensors"))
+    data = _json([CAPTION, "--run", str(run), "--seed", "3"])
+    assert sum(data["masked"]) == round(0.4 * 11)
+    assert sum(data["importance"]) == pytest.approx(1.0, abs=1e-5)
+    # The same run is found as the most recent one under runtime.output_dir.
+    again = _json([CAPTION, "--seed", "3", "--set", f"runtime.output_dir={tmp_path / 'runs'}"])
+    assert again == data
+
+
+def test_human_output_marks_masked_tokens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["explain-mask", "a man with a blue backpack", "--temperature", "0"])
+    assert result.exit_code == 0, result.output
+    assert "[" in result.stdout and "importance" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["a man", "--run", "r", "--weights", "w"], "either --run or --weights"),
+        (["   ", "--temperature", "0"], "no words to mask"),
+        (["a man", "--weights", "missing.pt"], "not found"),
+        (["a man", "--run", "no-such-run"], "does not exist"),
+    ],
+)
+def test_input_errors_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["explain-mask", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
