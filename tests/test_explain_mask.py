@@ -15,8 +15,16 @@ from personsearch.model.clip import build_clip
 from personsearch.runs import create_run
 from personsearch.settings import resolve_settings
 
-TINY = dict(embed_dim=64, vision_width=64, vision_layers=1, vision_heads=1, patch_size=16,
-            text_width=64, text_layers=2, text_heads=1)
+TINY = dict(
+    embed_dim=64,
+    vision_width=64,
+    vision_layers=1,
+    vision_heads=1,
+    patch_size=16,
+    text_width=64,
+    text_layers=2,
+    text_heads=1,
+)
 CAPTION = "a woman in a red coat carrying a black leather bag"
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -62,8 +70,17 @@ def test_random_model_when_no_run(tmp_path, monkeypatch):
 
 def test_weights_and_top_k_at_zero_temperature(tmp_path):
     weights = _weights_file(tmp_path)
-    args = [CAPTION, "--weights", str(weights), "--set", "model.image_size=[32,16]", "--temperature", "0",
-            "--ratio", "0.3"]
+    args = [
+        CAPTION,
+        "--weights",
+        str(weights),
+        "--set",
+        "model.image_size=[32,16]",
+        "--temperature",
+        "0",
+        "--ratio",
+        "0.3",
+    ]
     data = _json(args)
     words = range(1, len(data["tokens"]) - 1)
     k = round(0.3 * len(words))
@@ -74,15 +91,20 @@ def test_weights_and_top_k_at_zero_temperature(tmp_path):
 
 def test_run_folder_uses_its_settings(tmp_path):
     settings = resolve_settings(
-        config={"model": {"image_size": [32, 16], "arch": TINY}, "masking": {"ratio": 0.4, "layers": 2},
-                "runtime": {"output_dir": str(tmp_path / "runs")}},
+        config={
+            "model": {"image_size": [32, 16], "arch": TINY},
+            "masking": {"ratio": 0.4, "layers": 2},
+            "runtime": {"output_dir": str(tmp_path / "runs")},
+        },
         environ={},
     )
     run = create_run(settings, name="tiny")
     torch.manual_seed(0)
     model = build_clip(TINY, image_size=(32, 16), stride=16)
-    save_file({f"base_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
-              str(run / "checkpoints" / "best.safetensors"))
+    save_file(
+        {f"base_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+        str(run / "checkpoints" / "best.safetensors"),
+    )
     data = _json([CAPTION, "--run", str(run), "--seed", "3"])
     assert sum(data["masked"]) == round(0.4 * 11)
     assert sum(data["importance"]) == pytest.approx(1.0, abs=1e-5)

@@ -17,8 +17,16 @@ from personsearch.model.irra import IRRA, CrossAttention, build_irra
 from personsearch.settings import MaskingSettings, resolve_settings
 from personsearch.text.masking import EOT_TOKEN_ID, SOT_TOKEN_ID
 
-TINY = dict(embed_dim=64, vision_width=64, vision_layers=1, vision_heads=1, patch_size=16,
-            text_width=64, text_layers=2, text_heads=1)
+TINY = dict(
+    embed_dim=64,
+    vision_width=64,
+    vision_layers=1,
+    vision_heads=1,
+    patch_size=16,
+    text_width=64,
+    text_layers=2,
+    text_heads=1,
+)
 CONTEXT = 24
 
 
@@ -47,17 +55,26 @@ def test_module_names_match_irra_and_heads_follow_losses():
     model = IRRA(_clip(), num_classes=5, losses=("sdm", "mlm", "id"), cmt_depth=2)
     names = set(model.state_dict())
     for expected in (
-        "base_model.visual.conv1.weight", "base_model.token_embedding.weight",
-        "classifier.weight", "classifier.bias",
-        "cross_attn.in_proj_weight", "cross_attn.in_proj_bias", "cross_attn.out_proj.weight",
+        "base_model.visual.conv1.weight",
+        "base_model.token_embedding.weight",
+        "classifier.weight",
+        "classifier.bias",
+        "cross_attn.in_proj_weight",
+        "cross_attn.in_proj_bias",
+        "cross_attn.out_proj.weight",
         "cross_modal_transformer.resblocks.1.attn.in_proj_weight",
         "cross_modal_transformer.resblocks.0.attn.out_proj.bias",
         "cross_modal_transformer.resblocks.0.ln_1.weight",
         "cross_modal_transformer.resblocks.0.mlp.c_fc.weight",
         "cross_modal_transformer.resblocks.0.mlp.c_proj.bias",
         "cross_modal_transformer.resblocks.0.ln_2.bias",
-        "ln_pre_t.weight", "ln_pre_i.bias", "ln_post.weight",
-        "mlm_head.dense.weight", "mlm_head.ln.weight", "mlm_head.fc.weight", "mlm_head.fc.bias",
+        "ln_pre_t.weight",
+        "ln_pre_i.bias",
+        "ln_post.weight",
+        "mlm_head.dense.weight",
+        "mlm_head.ln.weight",
+        "mlm_head.fc.weight",
+        "mlm_head.fc.bias",
     ):
         assert expected in names, expected
     assert model.mlm_head.fc.out_features == 49408
@@ -115,8 +132,9 @@ def _plain_block(block, x: torch.Tensor) -> torch.Tensor:
     return x + block.mlp(block.ln_2(x))
 
 
-def _reference_forward(model: IRRA, batch, masked_ids: torch.Tensor,
-                       labels: torch.Tensor) -> dict[str, float]:
+def _reference_forward(
+    model: IRRA, batch, masked_ids: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
     """IRRA's forward written plainly: full-length text, MLM head over every position."""
     clip = model.base_model
     ids = batch["caption_ids"]
@@ -148,8 +166,13 @@ def _reference_forward(model: IRRA, batch, masked_ids: torch.Tensor,
 
 @pytest.mark.parametrize("strategy", ["random", "attention"])
 def test_forward_matches_plain_irra_reference(strategy, monkeypatch):
-    model = IRRA(_clip(), num_classes=4, losses=("sdm", "mlm", "id"), cmt_depth=2,
-                 masking=MaskingSettings(strategy=strategy, layers=2))
+    model = IRRA(
+        _clip(),
+        num_classes=4,
+        losses=("sdm", "mlm", "id"),
+        cmt_depth=2,
+        masking=MaskingSettings(strategy=strategy, layers=2),
+    )
     batch = _batch()
     seen = {}
     real_mask = irra_module.mask_captions
@@ -188,8 +211,14 @@ def test_forward_matches_plain_irra_reference(strategy, monkeypatch):
 
 def test_forward_backward_all_losses_weighted():
     weights = {"sdm": 1.0, "itc": 0.5, "cmpm": 0.25, "id": 2.0, "mlm": 3.0}
-    model = IRRA(_clip(), num_classes=4, losses=("sdm", "itc", "cmpm", "id", "mlm"), loss_weights=weights,
-                 cmt_depth=1, image_ids=True)
+    model = IRRA(
+        _clip(),
+        num_classes=4,
+        losses=("sdm", "itc", "cmpm", "id", "mlm"),
+        loss_weights=weights,
+        cmt_depth=1,
+        image_ids=True,
+    )
     batch = _batch()
     out = model(batch, generator=torch.Generator().manual_seed(1))
     for name in weights:
@@ -240,8 +269,15 @@ def test_bad_labels_and_missing_image_ids_are_clear_errors():
 def test_build_irra_from_settings_random_clip():
     settings = resolve_settings(
         config={
-            "model": {"pretrained": None, "image_size": [32, 16], "stride": 16, "cmt_depth": 1,
-                      "text_length": 24, "temperature": 0.05, "arch": TINY},
+            "model": {
+                "pretrained": None,
+                "image_size": [32, 16],
+                "stride": 16,
+                "cmt_depth": 1,
+                "text_length": 24,
+                "temperature": 0.05,
+                "arch": TINY,
+            },
             "loss": {"names": "itc+mlm", "mlm_weight": 0.5},
             "masking": {"strategy": "attention", "temperature": 0.5},
         },

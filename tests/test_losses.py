@@ -120,8 +120,14 @@ def test_id_matches_reference():
     img_logits = rng.normal(size=(5, 11))
     txt_logits = rng.normal(size=(5, 11))
     pids = [3, 0, 10, 3, 7]
-    want = sum(_cross_entropy(list(img_logits[i]), pids[i]) + _cross_entropy(list(txt_logits[i]), pids[i])
-               for i in range(5)) / 5 / 2
+    want = (
+        sum(
+            _cross_entropy(list(img_logits[i]), pids[i]) + _cross_entropy(list(txt_logits[i]), pids[i])
+            for i in range(5)
+        )
+        / 5
+        / 2
+    )
     got = id_loss(_t(img_logits), _t(txt_logits), torch.tensor(pids))
     assert got.item() == pytest.approx(want, rel=1e-5)
 
@@ -133,8 +139,12 @@ def test_mlm_ignores_unmasked_positions():
     labels[0, 2] = 5
     labels[1, 1] = 17
     labels[1, 4] = 3
-    terms = [_cross_entropy(list(scores[b, t]), int(labels[b, t]))
-             for b in range(2) for t in range(6) if labels[b, t] != 0]
+    terms = [
+        _cross_entropy(list(scores[b, t]), int(labels[b, t]))
+        for b in range(2)
+        for t in range(6)
+        if labels[b, t] != 0
+    ]
     got = mlm_loss(_t(scores), torch.tensor(labels))
     assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
 
@@ -157,8 +167,11 @@ def test_losses_backpropagate(batch):
     img, txt, pids, image_ids = batch
     a = _t(img).requires_grad_()
     b = _t(txt).requires_grad_()
-    total = (sdm_loss(a, b, torch.tensor(pids), 50.0, image_ids=torch.tensor(image_ids))
-             + itc_loss(a, b, 50.0) + cmpm_loss(a, b, torch.tensor(pids)))
+    total = (
+        sdm_loss(a, b, torch.tensor(pids), 50.0, image_ids=torch.tensor(image_ids))
+        + itc_loss(a, b, 50.0)
+        + cmpm_loss(a, b, torch.tensor(pids))
+    )
     total.backward()
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
     assert torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0

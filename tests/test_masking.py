@@ -37,10 +37,13 @@ def _binomial_bound(n: int, p: float, sigmas: float = 5.0) -> float:
 
 
 def test_candidates_exclude_specials_and_padding():
-    ids = torch.tensor([[SOT_TOKEN_ID, 320, 1929, EOT_TOKEN_ID, 0, 0], [SOT_TOKEN_ID, MASK_TOKEN_ID, 7, 9, 11,
-                                                                        EOT_TOKEN_ID]])
-    assert candidate_mask(ids).tolist() == [[False, True, True, False, False, False],
-                                            [False, False, True, True, True, False]]
+    ids = torch.tensor(
+        [[SOT_TOKEN_ID, 320, 1929, EOT_TOKEN_ID, 0, 0], [SOT_TOKEN_ID, MASK_TOKEN_ID, 7, 9, 11, EOT_TOKEN_ID]]
+    )
+    assert candidate_mask(ids).tolist() == [
+        [False, True, True, False, False, False],
+        [False, False, True, True, True, False],
+    ]
 
 
 def test_random_masking_rate_and_80_10_10():
@@ -103,8 +106,9 @@ def test_attention_masking_never_touches_specials_and_counts_follow_ratio():
     importance[ids == EOT_TOKEN_ID] = 50.0
     importance[ids == 0] = 80.0
     for ratio in (0.15, 0.3, 0.5):
-        masked, labels = attention_masking(ids, importance, ratio=ratio, temperature=1.0,
-                                           generator=torch.Generator().manual_seed(3))
+        masked, labels = attention_masking(
+            ids, importance, ratio=ratio, temperature=1.0, generator=torch.Generator().manual_seed(3)
+        )
         chosen = labels != 0
         candidates = candidate_mask(ids)
         assert not (chosen & ~candidates).any()
@@ -120,8 +124,9 @@ def test_attention_masking_low_temperature_is_top_k(temperature):
     g = torch.Generator().manual_seed(7)
     # Distinct weights: log-ratios >= log(41/40), so at τ = 1e-4 they dwarf the Gumbel noise.
     importance = torch.stack([torch.randperm(ids.shape[1], generator=g) + 1.0 for _ in range(ids.shape[0])])
-    _, labels = attention_masking(ids, importance, ratio=0.3, temperature=temperature, mask_prob=1.0,
-                                  random_prob=0.0, generator=g)
+    _, labels = attention_masking(
+        ids, importance, ratio=0.3, temperature=temperature, mask_prob=1.0, random_prob=0.0, generator=g
+    )
     candidates = candidate_mask(ids)
     for row in range(ids.shape[0]):
         positions = candidates[row].nonzero().flatten().tolist()
@@ -136,8 +141,9 @@ def test_attention_masking_draw_frequencies_follow_tempered_importance():
     weights = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.0])
     importance = weights.expand_as(ids).clone()
     for temperature in (1.0, 0.5, 1e3):
-        _, labels = attention_masking(ids, importance, ratio=0.25, temperature=temperature,
-                                      generator=torch.Generator().manual_seed(11))
+        _, labels = attention_masking(
+            ids, importance, ratio=0.25, temperature=temperature, generator=torch.Generator().manual_seed(11)
+        )
         counts = (labels != 0).sum(dim=0)[1:5].double()
         tempered = weights[1:5].double() ** (1 / temperature)
         probs = tempered / tempered.sum()
@@ -167,8 +173,16 @@ def test_attention_masking_mix_falls_back_to_random():
     n = candidate_mask(ids).sum(dim=1)
     _, agm = attention_masking(ids, importance, ratio=0.15, temperature=0.0, mask_prob=1.0, random_prob=0.0)
     assert ((agm != 0).nonzero()[:, 1] == 1).all() and ((agm != 0).sum(dim=1) == 1).all()
-    _, mixed = attention_masking(ids, importance, ratio=0.15, temperature=0.0, mix=0.5, mask_prob=1.0,
-                                 random_prob=0.0, generator=torch.Generator().manual_seed(9))
+    _, mixed = attention_masking(
+        ids,
+        importance,
+        ratio=0.15,
+        temperature=0.0,
+        mix=0.5,
+        mask_prob=1.0,
+        random_prob=0.0,
+        generator=torch.Generator().manual_seed(9),
+    )
     differs = ((mixed != 0) != (agm != 0)).any(dim=1).double()
     # A fallback row matches AGM only when random masking picks exactly the first word
     # (drawn alone, or forced after an empty draw): 0.15 * 0.85^(n-1) + 0.85^n.

@@ -18,13 +18,21 @@ if TYPE_CHECKING:
     from personsearch.text.masking import MaskExplanation
 
 # A random CLIP small enough to build in a moment; only its text tower matters here.
-_FALLBACK_ARCH = dict(embed_dim=256, vision_width=64, vision_layers=1, vision_heads=1, patch_size=16,
-                      text_width=256, text_layers=4, text_heads=4)
+_FALLBACK_ARCH = dict(
+    embed_dim=256,
+    vision_width=64,
+    vision_layers=1,
+    vision_heads=1,
+    patch_size=16,
+    text_width=256,
+    text_layers=4,
+    text_heads=4,
+)
 _CHECKPOINTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 
 
 def explain_mask(
-    caption: Annotated[str, typer.Argument(help="The caption to explain, e.g. \"a woman in a red coat\".")],
+    caption: Annotated[str, typer.Argument(help='The caption to explain, e.g. "a woman in a red coat".')],
     run: Annotated[
         Path | None, typer.Option("--run", help="Run folder whose CLIP and masking settings to use.")
     ] = None,
@@ -73,8 +81,9 @@ def explain_mask(
         _render(explanation, masking.temperature, masking.layers)
 
 
-def _load(run: Path | None, weights: str | None, config: Path | None, sets: list[str] | tuple[str, ...],
-          seed: int) -> tuple[Settings, CLIP]:
+def _load(
+    run: Path | None, weights: str | None, config: Path | None, sets: list[str] | tuple[str, ...], seed: int
+) -> tuple[Settings, CLIP]:
     from personsearch.model.checkpoints import load_clip
     from personsearch.runs import latest_run
     from personsearch.settings import load_run_settings, resolve_settings
@@ -143,8 +152,14 @@ def _render(explanation: MaskExplanation, temperature: float, layers: int) -> No
     table.add_column("")
     table.add_column("masked")
     for index, (token, weight, masked, new_id, old_id) in enumerate(
-        zip(explanation.tokens, explanation.importance, explanation.masked, explanation.masked_ids,
-            explanation.ids, strict=True)
+        zip(
+            explanation.tokens,
+            explanation.importance,
+            explanation.masked,
+            explanation.masked_ids,
+            explanation.ids,
+            strict=True,
+        )
     ):
         bar = "█" * round(20 * weight / top)
         mark = ""

@@ -15,12 +15,15 @@ from personsearch.model.clip import (
     config_from_state_dict,
     patch_grid,
 )
+from personsearch.model.irra import IRRA, build_irra
 
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "IRRA",
     "QuickGELU",
     "build_clip",
+    "build_irra",
     "config_from_state_dict",
     "convert_hf_state_dict",
     "load_clip",

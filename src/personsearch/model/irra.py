@@ -93,8 +93,10 @@ class IRRA(nn.Module):
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
         if unknown or not losses:
-            raise InputError(f"unknown loss {unknown[0]!r}" if unknown else "no loss enabled",
-                             hint=f"choose from {', '.join(LOSS_NAMES)}")
+            raise InputError(
+                f"unknown loss {unknown[0]!r}" if unknown else "no loss enabled",
+                hint=f"choose from {', '.join(LOSS_NAMES)}",
+            )
         if "id" in losses and num_classes < 1:
             raise InputError(f"the identity loss needs at least one identity, got num_classes={num_classes}")
         if temperature <= 0:
@@ -235,9 +237,12 @@ class IRRA(nn.Module):
             out["itc_loss"] = itc_loss(i_feats, t_feats, self.logit_scale) * self.loss_weights["itc"]
         if "sdm" in self.losses:
             image_ids = self._image_ids(batch)
-            out["sdm_loss"] = sdm_loss(
-                i_feats, t_feats, pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor
-            ) * self.loss_weights["sdm"]
+            out["sdm_loss"] = (
+                sdm_loss(
+                    i_feats, t_feats, pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor
+                )
+                * self.loss_weights["sdm"]
+            )
         if "cmpm" in self.losses:
             out["cmpm_loss"] = cmpm_loss(i_feats, t_feats, pids) * self.loss_weights["cmpm"]
         if "id" in self.losses:
@@ -253,8 +258,14 @@ class IRRA(nn.Module):
         out["loss"] = torch.stack([out[f"{name}_loss"].float() for name in self.losses]).sum()
         return out
 
-    def _mlm(self, ids: Tensor, short_ids: Tensor, image_tokens: Tensor, eot_attention: Tensor | None,
-             generator: torch.Generator | None) -> dict[str, Tensor]:
+    def _mlm(
+        self,
+        ids: Tensor,
+        short_ids: Tensor,
+        image_tokens: Tensor,
+        eot_attention: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
         masked, labels = mask_captions(short_ids, self.masking, eot_attention, generator)
         if not self.mlm_trim and short_ids.shape[1] < ids.shape[1]:
             pad = ids.shape[1] - short_ids.shape[1]
@@ -299,10 +310,16 @@ def _clip_from_settings(settings: Settings) -> CLIP:
     model = settings.model
     if model.pretrained is None:
         logger.info("randomly initialised CLIP (model.pretrained is null)")
-        return build_clip(model.arch, image_size=model.image_size, stride=model.stride,
-                          context_length=model.text_length, vocab_size=model.vocab_size)
-    return load_clip(model.pretrained, image_size=model.image_size, stride=model.stride,
-                     context_length=model.text_length)
+        return build_clip(
+            model.arch,
+            image_size=model.image_size,
+            stride=model.stride,
+            context_length=model.text_length,
+            vocab_size=model.vocab_size,
+        )
+    return load_clip(
+        model.pretrained, image_size=model.image_size, stride=model.stride, context_length=model.text_length
+    )
 
 
 def build_irra(settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:

@@ -48,8 +48,9 @@ def _uniform(shape: Sequence[int], generator: torch.Generator | None, device: to
     return torch.rand(tuple(shape), generator=generator, device=where).to(device)
 
 
-def _randint(low: int, high: int, shape: Sequence[int], generator: torch.Generator | None,
-             device: torch.device) -> Tensor:
+def _randint(
+    low: int, high: int, shape: Sequence[int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     where = generator.device if generator is not None else device
     return torch.randint(low, high, tuple(shape), generator=generator, device=where).to(device)
 
@@ -68,8 +69,9 @@ def candidate_mask(ids: Tensor, special_ids: Sequence[int] = _SPECIALS, pad_id: 
     return (ids != pad_id) & ~torch.isin(ids, specials)
 
 
-def candidate_importance(ids: Tensor, importance: Tensor, special_ids: Sequence[int] = _SPECIALS,
-                         pad_id: int = PAD_TOKEN_ID) -> Tensor:
+def candidate_importance(
+    ids: Tensor, importance: Tensor, special_ids: Sequence[int] = _SPECIALS, pad_id: int = PAD_TOKEN_ID
+) -> Tensor:
     """Importance restricted to the candidates and normalised to sum 1 per caption (specials 0).
 
     A caption without candidates gets all zeros.
@@ -93,9 +95,15 @@ def _check_importance(ids: Tensor, importance: Tensor) -> None:
         raise ValueError("importance contains NaN or infinite values")
 
 
-def _replace(ids: Tensor, chosen: Tensor, mask_prob: float, random_prob: float,
-             generator: torch.Generator | None, mask_token_id: int,
-             random_range: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _replace(
+    ids: Tensor,
+    chosen: Tensor,
+    mask_prob: float,
+    random_prob: float,
+    generator: torch.Generator | None,
+    mask_token_id: int,
+    random_range: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
     """Apply 80/10/10 replacement at ``chosen``; labels = original ids there, 0 elsewhere."""
     if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1 + 1e-9:
         raise ValueError(
@@ -111,8 +119,9 @@ def _replace(ids: Tensor, chosen: Tensor, mask_prob: float, random_prob: float,
     return masked, labels
 
 
-def _random_choice(ids: Tensor, candidates: Tensor, ratio: float,
-                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _random_choice(
+    ids: Tensor, candidates: Tensor, ratio: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """IRRA's draw: each candidate with probability ``ratio``. Returns (chosen, forced) where
     ``forced`` marks the first candidate of captions that drew nothing (IRRA masks one token)."""
     chosen = candidates & (_uniform(ids.shape, generator, ids.device) < ratio)
@@ -147,8 +156,14 @@ def random_masking(
     return masked, labels
 
 
-def _attention_choice(ids: Tensor, importance: Tensor, candidates: Tensor, ratio: float,
-                      temperature: float, generator: torch.Generator | None) -> Tensor:
+def _attention_choice(
+    ids: Tensor,
+    importance: Tensor,
+    candidates: Tensor,
+    ratio: float,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> Tensor:
     """k = max(1, round(ratio * n)) candidates per caption without replacement, P ∝ importance^(1/τ).
 
     Gumbel-top-k: the k largest of log(importance)/τ + Gumbel noise are a draw without replacement
@@ -212,18 +227,31 @@ def attention_masking(
     return masked, labels
 
 
-def mask_captions(ids: Tensor, settings: MaskingSettings, importance: Tensor | None = None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def mask_captions(
+    ids: Tensor,
+    settings: MaskingSettings,
+    importance: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Mask a batch as ``settings.strategy`` says (``importance`` is needed for "attention")."""
     if settings.strategy == "attention":
         if importance is None:
             raise ValueError("attention masking needs the EOT attention importance of each token")
         return attention_masking(
-            ids, importance, ratio=settings.ratio, temperature=settings.temperature, mix=settings.mix,
-            mask_prob=settings.mask_prob, random_prob=settings.random_prob, generator=generator,
+            ids,
+            importance,
+            ratio=settings.ratio,
+            temperature=settings.temperature,
+            mix=settings.mix,
+            mask_prob=settings.mask_prob,
+            random_prob=settings.random_prob,
+            generator=generator,
         )
     return random_masking(
-        ids, ratio=settings.ratio, mask_prob=settings.mask_prob, random_prob=settings.random_prob,
+        ids,
+        ratio=settings.ratio,
+        mask_prob=settings.mask_prob,
+        random_prob=settings.random_prob,
         generator=generator,
     )
 
@@ -273,8 +301,14 @@ def explain_caption(
         raise RuntimeError("the text encoder returned no EOT attention row")
     importance = candidate_importance(ids, attention)
     masked_ids, labels = attention_masking(
-        ids, attention, ratio=settings.ratio, temperature=settings.temperature, mix=0.0,
-        mask_prob=settings.mask_prob, random_prob=settings.random_prob, generator=generator,
+        ids,
+        attention,
+        ratio=settings.ratio,
+        temperature=settings.temperature,
+        mix=0.0,
+        mask_prob=settings.mask_prob,
+        random_prob=settings.random_prob,
+        generator=generator,
     )
     row = ids[0].tolist()
     return MaskExplanation(
