@@ -6,9 +6,10 @@ IRRA's checkpoints expect 49,408 ids: 256 byte symbols, their 256 ``</w>`` forms
 but keeps its merge, so the word "jekyll" raises KeyError there; here that merge is left out of
 the ranks, so the word splits into ``jeky`` + ``ll</w>`` and every other word encodes as in IRRA.
 
-Encoding caches the ids of each pre-tokenised word, and skips ftfy for printable ASCII without
-``&`` (ftfy leaves such text unchanged apart from line breaks, which the whitespace collapse
-removes anyway), so tokenising a dataset's captions takes well under a second per 10,000.
+Encoding caches the ids of each pre-tokenised word, and takes a fast path for printable ASCII
+without ``&``: ftfy leaves such text unchanged apart from line breaks (which the whitespace
+collapse removes anyway), and an ASCII word pattern finds the same words. The tests compare both
+paths with a plain implementation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import gzip
 import hashlib
 import html
+import re
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -42,6 +44,11 @@ LAYOUT = "irra-v1: bytes, bytes</w>, merges[:-1], mask, sot, eot; last merge dro
 _WORD_PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|mask\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
+)
+# The same word pattern for lowercased printable ASCII, where letters are [a-z] and digits [0-9];
+# the stdlib engine runs it about twice as fast.
+_ASCII_WORD_PATTERN = re.compile(
+    r"<\|startoftext\|>|<\|mask\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+"
 )
 _WHITESPACE = regex.compile(r"\s+")
 _PLAIN_ASCII = regex.compile(r"[\t\n\r\x20-\x25\x27-\x7e]*")
@@ -164,8 +171,12 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of ``text`` after CLIP cleaning (no SOT/EOT; empty text gives [])."""
+        if _PLAIN_ASCII.fullmatch(text) is not None:
+            words = _ASCII_WORD_PATTERN.findall(" ".join(text.split()).lower())
+        else:
+            words = _WORD_PATTERN.findall(clean_text(text))
         ids: list[int] = []
-        for word in _WORD_PATTERN.findall(clean_text(text)):
+        for word in words:
             ids.extend(self._ids_of_word(word))
         return ids
 
