@@ -92,7 +92,8 @@ def _placeholder(size: tuple[int, int], font: ImageFont.ImageFont | ImageFont.Fr
     draw = ImageDraw.Draw(tile)
     draw.line([(0, 0), (size[0] - 1, size[1] - 1)], fill=(150, 60, 60), width=2)
     draw.line([(0, size[1] - 1), (size[0] - 1, 0)], fill=(150, 60, 60), width=2)
-    draw.text((size[0] / 2, size[1] / 2), "unreadable", fill=(40, 40, 40), font=font, anchor="mm")
+    text = "unreadable" if font.getlength("unreadable") <= size[0] - 4 else "?"
+    draw.text((size[0] / 2, size[1] / 2), text, fill=(40, 40, 40), font=font, anchor="mm")
     return tile
 
 
