@@ -186,6 +186,24 @@ class Attention(nn.Module):
                 row = scores.softmax(dim=-1).mean(dim=1)
         return out, row
 
+    def attend_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """The output [B, C] of one query position per sequence, keys and values from all of ``x``.
+
+        Used for the last block when only the class or EOT token is needed: the query, output
+        projection and MLP then run on one row instead of T.
+        """
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        rows = torch.arange(batch, device=x.device)
+        q = F.linear(x[rows, query_index], self.in_proj_weight[:width], self.in_proj_bias[:width])
+        kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+        k, v = kv.view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
+        if causal:
+            mask = (torch.arange(length, device=x.device)[None, :] <= query_index[:, None])[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.view(batch, self.heads, 1, head_dim), k, v, attn_mask=mask)
+        return self.out_proj(out.reshape(batch, width))
+
 
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
@@ -210,6 +228,12 @@ class ResidualAttentionBlock(nn.Module):
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
         return x, row
+
+    def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """This block's output [B, C] at ``query_index`` only."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        y = x[rows, query_index] + self.attn.attend_one(self.ln_1(x), query_index, causal=causal)
+        return y + self.mlp(self.ln_2(y))
 
 
 class Transformer(nn.Module):
@@ -240,6 +264,12 @@ class Transformer(nn.Module):
             total = total / (self.layers - first_recorded)
         return x, total
 
+    def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """The output [B, C] at ``query_index`` only (the last block skips every other query)."""
+        for block in self.resblocks[:-1]:
+            x, _ = block(x, causal=causal)
+        return self.resblocks[-1].forward_one(x, query_index, causal=causal)
+
 
 class VisionTransformer(nn.Module):
     def __init__(self, config: CLIPConfig, grid: tuple[int, int], stride: int) -> None:
@@ -256,8 +286,9 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, config.embed_dim))
 
-    def tokens(self, images: Tensor) -> Tensor:
-        """Every token after the last block, before ``ln_post``: [B, 1 + rows*cols, width]."""
+    def tokens(self, images: Tensor, class_only: bool = False) -> Tensor:
+        """Every token after the last block, before ``ln_post``: [B, 1 + rows*cols, width]
+        (with ``class_only``: the class token [B, width], computed more cheaply)."""
         x = self.conv1(images.to(self.conv1.weight.dtype))
         if tuple(x.shape[-2:]) != self.grid:
             raise InputError(
@@ -269,6 +300,8 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.ln_pre(x)
+        if class_only:
+            return self.transformer.forward_one(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         x, _ = self.transformer(x)
         return x
 
@@ -320,8 +353,8 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Global image features [B, D]: the class token after ``ln_post``, projected."""
-        x = self.visual.tokens(images)
-        return self.visual.ln_post(x[:, 0]) @ self.visual.proj.to(x.dtype)
+        x = self.visual.tokens(images, class_only=True)
+        return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
 
     def encode_image_tokens(self, images: Tensor) -> Tensor:
         """Every image token [B, 1 + N, D] after ``ln_post``, projected; index 0 is the global feature."""
@@ -330,9 +363,8 @@ class CLIP(nn.Module):
 
     # ----------------------------------------------------------------------------------- text
 
-    def _text_tokens(
-        self, ids: Tensor, attention_layers: int, trim: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _text_embeddings(self, ids: Tensor, trim: bool) -> tuple[Tensor, Tensor]:
+        """Token + position embeddings [B, T, C] and EOT positions [B]."""
         if ids.dim() != 2:
             raise InputError(f"token ids must have shape [batch, length], got {tuple(ids.shape)}")
         if ids.shape[1] > self.config.context_length:
@@ -343,8 +375,12 @@ class CLIP(nn.Module):
         eot = ids.argmax(dim=-1)
         if trim and ids.shape[0] > 0:
             ids = ids[:, : int(eot.max()) + 1]
-        length = ids.shape[1]
-        x = self.token_embedding(ids) + self.positional_embedding[:length]
+        return self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]], eot
+
+    def _text_tokens(
+        self, ids: Tensor, attention_layers: int, trim: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, eot = self._text_embeddings(ids, trim)
         x, row = self.transformer(
             x,
             causal=True,
@@ -359,8 +395,8 @@ class CLIP(nn.Module):
         The encoder is causal, so the batch is cut to its longest caption first; the result is the
         same as running all ``context_length`` positions.
         """
-        x, eot, _ = self._text_tokens(ids, attention_layers=0, trim=True)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        x, eot = self._text_embeddings(ids, trim=True)
+        x = self.transformer.forward_one(x, eot, causal=True)
         return self.ln_final(x) @ self.text_projection.to(x.dtype)
 
     def encode_text_tokens(
