@@ -108,7 +108,7 @@ class _Canvas:
         ImageDraw.Draw(shape).polygon(points, fill=255)
         lines = Image.new("L", self.image.size, 0)
         ld = ImageDraw.Draw(lines)
-        width = max(2, int(period * (0.5 if pattern == "striped" else 0.28)))
+        width = max(2, int(period * (0.38 if pattern == "striped" else 0.24)))
         y = box[1] + period / 2
         while y < box[3]:
             ld.rectangle([box[0], int(y), box[2], int(y) + width - 1], fill=255)
@@ -139,7 +139,8 @@ class _Look:
 def _look(attrs: Mapping[str, str], look_seed: int) -> _Look:
     rng = random.Random(look_seed)
     upper = _jitter(PALETTE[attrs["upper_color"]], rng, 8.0)
-    stripe = _contrast(upper) if rng.random() < 0.7 else _jitter(PALETTE[rng.choice(list(PALETTE))], rng)
+    # Black or white stripes, narrower than the ground, so the garment still reads as its colour.
+    stripe = _jitter(_contrast(upper), rng, 6.0)
 
     def pal(name: str) -> Color:
         value = attrs.get(name, "none")
