@@ -314,3 +314,17 @@ def test_faiss_missing_is_a_clear_input_error(built, monkeypatch) -> None:
         build_faiss(folder, "IVF8,Flat")
     with pytest.raises(InputError, match="has no FAISS index"):
         GalleryIndex.open(folder).search(_gallery(1), 3, backend="faiss")
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 40])
+def test_stable_topk_and_merge_against_lexsort(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 5, (6, 37), generator=gen).float()  # many ties
+    rows = torch.arange(100, 137)
+    order = np.lexsort((rows.numpy()[None].repeat(6, 0), -scores.numpy()), axis=1)[:, :k]
+    got_scores, got_rows = search_module.stable_topk(scores, rows, k)
+    np.testing.assert_array_equal(got_rows.numpy(), rows.numpy()[order])
+    halves = [search_module.stable_topk(scores[:, s], rows[s], k) for s in (slice(0, 20), slice(20, 37))]
+    merged = search_module.merge_topk(halves[0], halves[1], k)
+    np.testing.assert_array_equal(merged[1].numpy(), got_rows.numpy())
+    np.testing.assert_array_equal(merged[0].numpy(), got_scores.numpy())

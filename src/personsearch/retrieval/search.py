@@ -41,13 +41,19 @@ def stable_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch
     if k == 0:
         return scores[:, :0], rows[:, :0]
     if k < m:
-        kth = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-        above = scores > kth
-        need = k - above.sum(dim=1, keepdim=True)
-        at = scores == kth
-        keep = above | (at & (torch.cumsum(at, dim=1) <= need))
-        # Every line keeps exactly k entries, in ascending position (= row) order.
-        positions = keep.nonzero()[:, 1].view(q, k)
+        # One top-(k+1) pass; only lines whose k-th and (k+1)-th scores tie need the slower
+        # pass that picks, among the tied entries, those with the lowest rows.
+        values, positions = torch.topk(scores, k + 1, dim=1, sorted=True)
+        positions = torch.sort(positions[:, :k], dim=1).values
+        tied = (values[:, k] == values[:, k - 1]).nonzero()[:, 0]
+        if tied.numel():
+            sub = scores[tied]
+            kth = values[tied, k - 1 : k]
+            above = sub > kth
+            at = sub == kth
+            keep = above | (at & (torch.cumsum(at, dim=1) <= k - above.sum(dim=1, keepdim=True)))
+            positions[tied] = keep.nonzero()[:, 1].view(tied.numel(), k)
+        # Positions are ascending (= row order), so the stable sort below breaks ties by row.
         scores = scores.gather(1, positions)
         rows = rows.gather(1, positions)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
