@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import pytest
@@ -30,9 +32,15 @@ TINY = dict(
 CONTEXT = 24
 
 
-def _clip(seed: int = 0):
+@functools.lru_cache(maxsize=2)
+def _built_clip(seed: int):
     torch.manual_seed(seed)
     return build_clip(TINY, image_size=(32, 16), stride=16, context_length=CONTEXT)
+
+
+def _clip(seed: int = 0):
+    """A fresh copy of one tiny random CLIP (building the 49408-token embedding once)."""
+    return copy.deepcopy(_built_clip(seed))
 
 
 def _batch(size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
