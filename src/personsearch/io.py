@@ -144,6 +144,16 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

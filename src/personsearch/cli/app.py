@@ -11,8 +11,10 @@ from typer.core import TyperGroup
 from personsearch import __version__
 from personsearch.cli import common
 from personsearch.cli import config as config_cli
+from personsearch.cli import eval as eval_cli
 from personsearch.cli import explain_mask as explain_mask_cli
 from personsearch.cli import prepare as prepare_cli
+from personsearch.cli import train as train_cli
 from personsearch.errors import PersonsearchError
 
 
@@ -63,6 +65,8 @@ def _root(
 app.add_typer(config_cli.app, name="config")
 app.command("explain-mask")(explain_mask_cli.explain_mask)
 app.command("prepare")(prepare_cli.prepare)
+app.command("train")(train_cli.train)
+app.command("eval")(eval_cli.evaluate)
 
 
 def main() -> None:

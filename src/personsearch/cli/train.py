@@ -1,0 +1,190 @@
+"""``personsearch train``: the IRRA recipe with attention-guided masking, resumable, distributed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from personsearch.cli.common import ConfigOption, JsonOption, SetOption, print_json, state, stderr, stdout
+from personsearch.errors import InputError
+
+Precision = Annotated[str | None, typer.Option("--precision", help="fp32, bf16 (CPU/GPU) or fp16 (CUDA).")]
+Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+
+
+def train(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset folder (from `prepare`).")] = None,
+    config: ConfigOption = None,
+    pretrained: Annotated[str | None, typer.Option(
+        "--pretrained", help="CLIP weights: ViT-B/16 (from ~/.cache/clip), a file or folder; 'none' = random init.")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Run name (folder under runtime.output_dir).")] = None,
+    set_: SetOption = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder where it stopped.")] = None,
+    precision: Precision = None,
+    device: Device = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Stop after N minutes.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Total epochs (train.epochs).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (runtime.seed).")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Launch N processes with torchrun (DDP).")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Train a model; writes runs/<name>/ (config.yaml, metrics.jsonl, log.txt, checkpoints/)."""
+    if nproc is not None and nproc > 1:
+        _launch_torchrun(nproc, name)
+        return
+
+    from personsearch.engine.train import train as run_training
+    from personsearch.io import RunLock
+    from personsearch.runs import create_run, new_run_name, setup_logging
+    from personsearch.settings import load_run_settings, resolve_settings
+
+    overrides: dict[str, object] = {
+        "runtime.precision": precision, "runtime.device": device, "train.max_steps": max_steps,
+        "train.max_minutes": max_minutes, "train.epochs": epochs, "runtime.seed": seed,
+    }
+    if data is not None:
+        if not data.exists():
+            raise InputError(f"prepared dataset not found: {data}", hint="run `personsearch prepare` first")
+        overrides["data.root"] = str(data.resolve())
+    sets = list(set_ or [])
+    if pretrained is not None:
+        if pretrained.lower() in ("none", "null", ""):
+            sets.append("model.pretrained=null")  # an option value of None would mean "not given"
+        else:
+            overrides["model.pretrained"] = pretrained
+
+    rank = int(os.environ.get("RANK", "0"))
+    if resume is not None:
+        if not resume.is_dir():
+            raise InputError(f"run folder not found: {resume}")
+        settings = resolve_settings(config=config, sets=sets, overrides=overrides, base=load_run_settings(resume))
+        run_dir = resume
+    else:
+        settings = resolve_settings(config=config, sets=sets, overrides=overrides)
+        if name is None and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+            raise InputError("under torchrun every process needs the same run: pass --name")
+        run_name = name or new_run_name(Path(config).stem if config else "run")
+        run_dir = Path(settings.runtime.output_dir) / run_name
+    if settings.data.root is None:
+        raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
+
+    lock = RunLock(run_dir) if rank == 0 else None
+    if lock is not None:
+        if resume is None:
+            create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
+        lock.acquire()
+    try:
+        if rank == 0:
+            if resume is not None:
+                from personsearch.io import atomic_write_text
+
+                atomic_write_text(run_dir / "config.yaml", settings.to_yaml())
+            setup_logging(run_dir)
+        if settings.model.pretrained is None and rank == 0:
+            stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
+                         "initialisation (fine for the demo, far from the paper's numbers)")
+        callbacks, progress = _progress(quiet=state.quiet or json_ or rank != 0)
+        try:
+            result = run_training(settings, settings.data.root, run_dir, resume=resume is not None,
+                                  callbacks=callbacks)
+        finally:
+            if progress is not None:
+                progress.stop()
+    finally:
+        if lock is not None:
+            lock.release()
+    if rank != 0:
+        return
+    summary = {"run": str(run_dir), "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,
+               "best": result.best, "last": result.last, "skipped_images": result.skipped_images}
+    if json_:
+        print_json(summary)
+        return
+    _render_summary(summary)
+
+
+def _launch_torchrun(nproc: int, name: str | None) -> None:
+    """Re-run this command under torch.distributed.run with N processes (same arguments)."""
+    from personsearch.runs import new_run_name
+
+    args = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    if name is None and "--resume" not in args:
+        args += ["--name", new_run_name()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "personsearch", *args]
+    code = subprocess.call(command)
+    if code:
+        raise typer.Exit(code)
+
+
+def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from personsearch.engine.train import StepReport, TrainCallbacks
+
+    if quiet:
+        return TrainCallbacks(), None
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"), console=stderr, transient=False,
+    )
+    progress.start()
+    tasks: dict[str, int] = {}
+
+    def on_epoch_start(epoch: int, batches: int, done: int) -> None:
+        tasks["epoch"] = progress.add_task(f"epoch {epoch + 1}", total=batches, completed=done, status="")
+
+    def on_step(report: StepReport) -> None:
+        shown = " ".join(f"{k.replace('_loss', '')}={v:.3f}" for k, v in report.values.items()
+                         if k.endswith("loss") and k != "loss")
+        accs = " ".join(f"{k}={v:.2f}" for k, v in report.values.items() if k.endswith("acc"))
+        status = (f"loss={report.values.get('loss', float('nan')):.3f} {shown} {accs} "
+                  f"lr={report.lr:.2e} {report.samples_per_s:.1f} samples/s")
+        progress.update(tasks["epoch"], completed=report.batch, status=status)
+
+    def on_eval_start(epoch: int) -> None:
+        tasks["eval"] = progress.add_task(f"eval {epoch + 1}", total=None, status="embedding")
+
+    def eval_progress(count: int) -> None:
+        progress.advance(tasks["eval"], count)
+
+    def on_eval(epoch: int, metrics: dict[str, float]) -> None:
+        text = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+        progress.update(tasks["eval"], status=text, total=progress.tasks[tasks["eval"]].completed)
+
+    return TrainCallbacks(on_epoch_start, on_step, on_eval_start, on_eval, eval_progress), progress
+
+
+def _render_summary(summary: dict) -> None:  # type: ignore[type-arg]
+    from rich.table import Table
+
+    table = Table(title=f"run {summary['run']} ({summary['stopped']}, {summary['epochs']} epochs, "
+                        f"{summary['steps']} steps)")
+    table.add_column("")
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        table.add_column(key, justify="right")
+    for label in ("best", "last"):
+        row = summary[label]
+        if row:
+            table.add_row(label + (f" (epoch {row['epoch']})" if "epoch" in row else ""),
+                          *(f"{row.get(k, float('nan')):.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")))
+    stdout.print(table)
+    if summary["skipped_images"]:
+        stderr.print(f"[yellow]{summary['skipped_images']} unreadable training images were skipped[/]")

@@ -1,0 +1,67 @@
+"""torch.distributed plumbing: process groups from torchrun's environment, rank-aware helpers and
+feature gathering that keeps gradients (for losses over the global batch)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun prepared (gloo on CPU, NCCL on CUDA); a no-op otherwise."""
+    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_gather_with_grad(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate a tensor from every rank along dim 0; gradients flow back to each rank's part."""
+    if not info.enabled:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def broadcast_flag(value: bool, info: DistInfo) -> bool:
+    """True on every rank if it is True on any rank (stop requests, non-finite losses)."""
+    if not info.enabled:
+        return value
+    flag = torch.tensor([1.0 if value else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)

@@ -1,0 +1,131 @@
+"""A trained model ready for inference, from whatever a user points at: one of our run folders, a
+checkpoint file inside one, or an IRRA run folder (``configs.yaml`` + ``best.pth``).
+
+The model fingerprint (a hash of the weights and of every setting that changes an embedding:
+image size, stride, text length, tokenizer) is what indexes record, so a query can refuse an
+index built by another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from personsearch.engine.state import read_weights_meta
+from personsearch.errors import InputError
+from personsearch.io import sha256_file
+from personsearch.runs import CONFIG_FILE, is_run, latest_run
+from personsearch.settings import Settings, load_run_settings, resolve_settings
+
+IRRA_CONFIG = "configs.yaml"
+IRRA_WEIGHTS = ("best.pth", "last.pth")
+
+
+@dataclass
+class TrainedModel:
+    clip: Any  # personsearch.model.CLIP, in eval mode
+    settings: Settings
+    source: Path
+    weights: Path
+    fingerprint: str
+    kind: str  # "run" or "irra"
+
+
+def model_fingerprint(weights_sha256: str, settings: Settings) -> str:
+    from personsearch.text import default_tokenizer
+
+    preprocessing = {
+        "image_size": list(settings.model.image_size), "stride": settings.model.stride,
+        "text_length": settings.model.text_length, "tokenizer": default_tokenizer().fingerprint,
+    }
+    blob = json.dumps({"weights": weights_sha256, "preprocessing": preprocessing}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+class _IrraLoader(yaml.SafeLoader):
+    """IRRA dumps its argparse namespace with PyYAML's default dumper: tuples carry a python tag."""
+
+
+_IrraLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+
+
+def irra_settings(config_path: Path) -> Settings:
+    """Our settings from an IRRA ``configs.yaml`` (the keys that shape the model and its inputs)."""
+    try:
+        args = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_IrraLoader)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{config_path} is not a readable IRRA configs.yaml ({exc})") from None
+    if not isinstance(args, dict):
+        raise InputError(f"{config_path} is not an IRRA configs.yaml (expected a mapping)")
+    model: dict[str, Any] = {"pretrained": None}
+    if "img_size" in args:
+        model["image_size"] = list(args["img_size"])
+    for ours, theirs in (("stride", "stride_size"), ("temperature", "temperature"), ("cmt_depth", "cmt_depth"),
+                         ("text_length", "text_length"), ("vocab_size", "vocab_size")):
+        if theirs in args:
+            model[ours] = args[theirs]
+    values: dict[str, Any] = {"model": model}
+    if "loss_names" in args:
+        values["loss"] = {"names": str(args["loss_names"])}
+    return resolve_settings(config=values, environ={})
+
+
+def _find_run(path: Path) -> Path | None:
+    for candidate in (path, path.parent, path.parent.parent):
+        if is_run(candidate):
+            return candidate
+    return None
+
+
+def load_trained(source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best") -> TrainedModel:
+    """Load the CLIP of a trained model for embedding (eval mode, CPU, float32).
+
+    ``source`` is a run folder, a checkpoint inside one, or an IRRA run folder; ``None`` takes the
+    most recent run under ``output_dir`` that has weights.
+    """
+    from personsearch.model import load_clip
+
+    if source is None:
+        found = latest_run(output_dir, require="checkpoints/last.safetensors")
+        if found is None:
+            raise InputError(f"no trained run under {output_dir}/", hint="pass --run RUN or train one first")
+        source = found
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"model not found: {path}", hint="pass a run folder made by `personsearch train`")
+    if path.is_dir() and (path / IRRA_CONFIG).is_file() and not (path / CONFIG_FILE).is_file():
+        weights = next((path / name for name in IRRA_WEIGHTS if (path / name).is_file()), None)
+        if weights is None:
+            raise InputError(f"IRRA run {path} has no best.pth or last.pth")
+        settings = irra_settings(path / IRRA_CONFIG)
+        clip = load_clip(weights, image_size=settings.model.image_size, stride=settings.model.stride)
+        fingerprint = model_fingerprint(sha256_file(weights), settings)
+        return TrainedModel(clip.eval(), settings, path, weights, fingerprint, "irra")
+    run = _find_run(path)
+    if run is None:
+        raise InputError(f"{path} is not a run folder (no {CONFIG_FILE} beside its checkpoints)",
+                         hint="pass a folder made by `personsearch train`, or an IRRA run with configs.yaml")
+    settings = load_run_settings(run)
+    if path.is_file():
+        weights, meta = path, _meta_beside(path)
+    else:
+        weights, meta = read_weights_meta(run, which)
+    clip = load_clip(weights if path.is_file() else run, image_size=settings.model.image_size,
+                     stride=settings.model.stride)
+    digest = meta.get("weights_sha256") or sha256_file(weights)
+    return TrainedModel(clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run")
+
+
+def _meta_beside(weights: Path) -> dict[str, Any]:
+    meta_path = weights.with_suffix(".json")
+    if meta_path.is_file():
+        try:
+            return json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
