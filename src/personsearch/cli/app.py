@@ -13,7 +13,9 @@ from personsearch.cli import common
 from personsearch.cli import config as config_cli
 from personsearch.cli import eval as eval_cli
 from personsearch.cli import explain_mask as explain_mask_cli
+from personsearch.cli import export as export_cli
 from personsearch.cli import prepare as prepare_cli
+from personsearch.cli import query as query_cli
 from personsearch.cli import train as train_cli
 from personsearch.errors import PersonsearchError
 
@@ -67,6 +69,8 @@ app.command("explain-mask")(explain_mask_cli.explain_mask)
 app.command("prepare")(prepare_cli.prepare)
 app.command("train")(train_cli.train)
 app.command("eval")(eval_cli.evaluate)
+app.command("export")(export_cli.export)
+app.command("query")(query_cli.query)
 
 
 def main() -> None:

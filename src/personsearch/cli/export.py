@@ -1,0 +1,123 @@
+"""``personsearch export``: embed an image folder or a prepared split into a gallery index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import ProgressColumn
+from rich.text import Text
+
+from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout
+from personsearch.errors import InputError
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder, a checkpoint inside one, or an IRRA run folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (e.g. RUN/index).")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Folder of images (searched recursively).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Prepared dataset (records identities).")
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split of --data: train, val or test.")] = None,
+    append: Annotated[
+        bool, typer.Option("--append", help="Embed only new or changed files into a new shard.")
+    ] = False,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Image-decoding worker processes.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    faiss: Annotated[
+        str | None,
+        typer.Option(
+            "--faiss",
+            help='Also build an approximate FAISS index, e.g. "IVF4096,PQ64" (needs personsearch[faiss]).',
+        ),
+    ] = None,
+    nprobe: Annotated[
+        int, typer.Option("--nprobe", min=1, help="Default FAISS lists probed per query.")
+    ] = 16,
+    json_: JsonOption = False,
+) -> None:
+    """Embed every image of a folder (or a prepared split) into a searchable index."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from personsearch.accel import check_precision, resolve_device
+    from personsearch.engine.models import load_trained
+    from personsearch.retrieval.export import export_images
+
+    if (images is None) == (data is None):
+        raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
+    if data is not None and split is None:
+        raise InputError("--data needs --split (train, val or test)")
+    if images is not None and split is not None:
+        raise InputError("--split applies to --data only")
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    model = load_trained(run)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=state.quiet or json_,
+    ) as progress:
+        task = progress.add_task("embedding", total=None)
+        report = export_images(
+            model,
+            out,
+            images=images,
+            prepared=data,
+            split=split,
+            append=append,
+            batch_size=batch_size,
+            precision=precision,
+            device=torch_device,
+            workers=workers if workers is not None else model.settings.data.workers,
+            faiss=faiss,
+            nprobe=nprobe,
+            on_total=lambda n: progress.update(task, total=n),
+            progress=lambda n: progress.advance(task, n),
+        )
+    if json_:
+        print_json(report.to_json())
+        return
+    _render(report)
+
+
+def _render(report: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"index {report.index}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("images embedded", str(report.indexed))
+    if report.appended:
+        table.add_row("already indexed", str(report.unchanged))
+    table.add_row("images in index", f"{report.total} ({report.shards} shards)")
+    table.add_row("skipped", str(len(report.skipped)))
+    table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s)")
+    table.add_row("image root", Text(str(report.image_root)))
+    table.add_row("model", report.fingerprint)
+    if report.faiss:
+        table.add_row("faiss", f"{report.faiss['factory']} (nprobe {report.faiss['nprobe']})")
+    stdout.print(table)
+    for path, reason in report.skipped[:20]:
+        stderr.print(Text(f"skipped {path}: {reason}", style="yellow"))
+    if len(report.skipped) > 20:
+        stderr.print(f"[yellow]... and {len(report.skipped) - 20} more skipped (see --json)[/]")
+
+
+class _RateColumn(ProgressColumn):
+    """Images per second over the recent batches."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "- img/s", style="cyan")

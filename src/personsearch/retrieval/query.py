@@ -1,0 +1,252 @@
+"""Search a gallery index by description: encode the text with the index's own model, rank.
+
+The model must be the one that made the index: its fingerprint (weights + image size, stride,
+text length, tokenizer) is compared with the index header before anything is encoded. Captions
+are tokenized exactly as in training (CLIP BPE, cut to the model's text length with EOT last).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personsearch.errors import InputError
+from personsearch.retrieval.index import HEADER_NAME, GalleryIndex
+
+log = logging.getLogger(__name__)
+
+#: Where an index lives inside a run folder, so ``query`` without ``--index`` can find it.
+RUN_INDEX_DIR = "index"
+
+
+@dataclass(frozen=True)
+class QueryHit:
+    rank: int
+    score: float
+    row: int
+    path: str
+    pid: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "pid": self.pid}
+
+
+@dataclass
+class QueryResult:
+    """The ranked gallery images for one query; ``truncated`` when the text was cut to the
+    model's context length."""
+
+    query: str
+    results: list[QueryHit] = field(default_factory=list)
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "results": [hit.to_json() for hit in self.results]}
+
+
+def clean_queries(texts: Sequence[str], where: str = "query") -> list[str]:
+    """The queries as given, refusing empty or whitespace-only ones by number."""
+    if not texts:
+        raise InputError(
+            "no query text given", hint='pass a description, e.g. "woman in a red coat", or --file'
+        )
+    for number, text in enumerate(texts, 1):
+        if not isinstance(text, str) or not text.strip():
+            label = where if len(texts) == 1 else f"{where} {number}"
+            raise InputError(f"{label} is empty", hint="describe the person to search for")
+    return list(texts)
+
+
+def read_queries(path: str | Path) -> list[str]:
+    """One query per line of a UTF-8 text file; blank lines are skipped, all blank is an error."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"query file not found: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read query file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path} line {line} is not UTF-8 text", hint="save the file as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines()]
+    queries = [line for line in lines if line]
+    if not queries:
+        raise InputError(
+            f"{path} holds no queries (every line is blank)", hint="write one description per line"
+        )
+    return queries
+
+
+def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tuple[Path, bool]:
+    """``index`` itself, or (when None) ``<run>/index`` of the most recent run under
+    ``output_dir`` that has one; the flag says whether it was chosen automatically."""
+    from personsearch.runs import latest_run
+
+    if index is not None:
+        return Path(index), False
+    run = latest_run(output_dir, require=f"{RUN_INDEX_DIR}/{HEADER_NAME}")
+    if run is None:
+        raise InputError(
+            f"no run under {output_dir}/ has an index ({RUN_INDEX_DIR}/{HEADER_NAME})",
+            hint="pass --index INDEX, or export one with `personsearch export RUN --out RUN/index`",
+        )
+    return run / RUN_INDEX_DIR, True
+
+
+def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
+    """The ``TrainedModel`` that made ``index``: ``run`` when given, otherwise the weights the
+    index header records. A model with another fingerprint is refused (exit 2)."""
+    from personsearch.engine.models import load_trained
+
+    if run is not None:
+        model = load_trained(run)
+        if model.fingerprint != index.model_fingerprint:
+            made_by = index.model_info.get("run", "an unrecorded model")
+            raise InputError(
+                f"index {index.path} was made by another model ({made_by}, fingerprint "
+                f"{index.model_fingerprint}) than {run} (fingerprint {model.fingerprint})",
+                hint="query with the run that exported the index, or export the gallery again with this run",
+            )
+        return model
+    info = index.model_info
+    source = info.get("weights") if info.get("kind") == "run" else info.get("run")
+    if not source:
+        raise InputError(f"index {index.path} does not record which model made it", hint="pass --run RUN")
+    if not Path(source).exists():
+        raise InputError(
+            f"the model that made index {index.path} is gone: {source} does not exist",
+            hint="pass --run RUN with the (moved) run folder",
+        )
+    model = load_trained(source)
+    if model.fingerprint != index.model_fingerprint:
+        raise InputError(
+            f"{source} has changed since index {index.path} was made (fingerprint {model.fingerprint}, "
+            f"the index records {index.model_fingerprint})",
+            hint="export the gallery again, or pass --run with the original weights",
+        )
+    return model
+
+
+def encode_queries(
+    model: Any,
+    texts: Sequence[str],
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, list[bool]]:
+    """Text features [Q, D] (float32) and, per query, whether it was cut to the context length."""
+    from personsearch.accel import check_precision
+    from personsearch.retrieval.embed import embed_texts
+    from personsearch.text import default_tokenizer
+
+    device = torch.device(device)
+    check_precision(precision, device)
+    length = model.settings.model.text_length
+    lengths: list[int] = []
+    ids = default_tokenizer().token_matrix(list(texts), length, truncate=True, full_lengths=lengths)
+    clip = model.clip.eval().to(device)
+    features = embed_texts(
+        clip, torch.from_numpy(ids), batch_size=batch_size, device=device, precision=precision
+    )
+    return features, [n > length for n in lengths]
+
+
+def rank_results(
+    index: GalleryIndex,
+    texts: Sequence[str],
+    features: torch.Tensor,
+    k: int,
+    backend: str = "exact",
+    nprobe: int | None = None,
+    truncated: Sequence[bool] | None = None,
+) -> list[QueryResult]:
+    """Search ``index`` with encoded queries and attach paths and identities."""
+    scores, rows = index.search(features, k, backend=backend, nprobe=nprobe)
+    results: list[QueryResult] = []
+    for q, text in enumerate(texts):
+        hits: list[QueryHit] = []
+        for score, row in zip(scores[q].tolist(), rows[q].tolist(), strict=True):
+            if row < 0:  # an approximate search that found fewer than k
+                continue
+            entry = index.entry(row)
+            hits.append(QueryHit(len(hits) + 1, float(score), int(row), entry.path, entry.pid))
+        results.append(QueryResult(text, hits, bool(truncated[q]) if truncated is not None else False))
+    return results
+
+
+def search_text(
+    model: Any,
+    index: GalleryIndex | str | Path,
+    texts: Sequence[str],
+    k: int = 10,
+    backend: str = "exact",
+    nprobe: int | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> list[QueryResult]:
+    """Rank the gallery of ``index`` for each text with ``model`` (which must have made it).
+
+    Exact search by default; ``backend="faiss"`` uses the index's FAISS index. k larger than the
+    gallery returns the whole gallery.
+    """
+    if not isinstance(index, GalleryIndex):
+        index = GalleryIndex.open(index)
+    if model.fingerprint != index.model_fingerprint:
+        raise InputError(
+            f"index {index.path} was made by model {index.model_fingerprint}, "
+            f"not {model.fingerprint} ({model.source})",
+            hint="search with the model that exported the index",
+        )
+    texts = clean_queries(texts)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    features, truncated = encode_queries(model, texts, device=device, precision=precision)
+    return rank_results(index, texts, features, k, backend=backend, nprobe=nprobe, truncated=truncated)
+
+
+def image_file(index: GalleryIndex, hit: QueryHit) -> Path:
+    """The absolute path of a hit's image."""
+    return Path(os.path.join(index.image_root, hit.path))
+
+
+def render_query_sheet(
+    index: GalleryIndex, results: Sequence[QueryResult], out_path: str | Path, caption_chars: int = 300
+) -> Path:
+    """A contact sheet PNG: one row per query (its text as the caption), the top-k images with
+    rank and score. Returns ``out_path``."""
+    from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
+
+    rows = []
+    for result in results:
+        caption = (
+            result.query if len(result.query) <= caption_chars else result.query[: caption_chars - 1] + "…"
+        )
+        tiles = [SheetTile(image_file(index, hit), f"#{hit.rank} {hit.score:.3f}") for hit in result.results]
+        rows.append(SheetRow(caption, tiles))
+    render_contact_sheet(rows, out_path, title=f"{index.path.name}: {len(index)} images")
+    return Path(out_path)
+
+
+__all__ = [
+    "RUN_INDEX_DIR",
+    "QueryHit",
+    "QueryResult",
+    "clean_queries",
+    "encode_queries",
+    "find_index",
+    "image_file",
+    "model_for_index",
+    "rank_results",
+    "read_queries",
+    "render_query_sheet",
+    "search_text",
+]
