@@ -115,7 +115,7 @@ def load_trained(source: str | Path | None = None, output_dir: str | Path = "run
         weights, meta = path, _meta_beside(path)
     else:
         weights, meta = read_weights_meta(run, which)
-    clip = load_clip(weights if path.is_file() else run, image_size=settings.model.image_size,
+    clip = load_clip(weights, image_size=settings.model.image_size,
                      stride=settings.model.stride)
     digest = meta.get("weights_sha256") or sha256_file(weights)
     return TrainedModel(clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run")

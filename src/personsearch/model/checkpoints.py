@@ -325,6 +325,8 @@ def _read(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, 
         state_dict = _strip_prefixes(_unwrap(_read_file(path), path))
         if _is_hf(state_dict):
             state_dict = convert_hf_state_dict(state_dict)
+        elif path.parent.name == "checkpoints":  # a weights file inside a run: its heads are in config.yaml
+            heads = _run_heads(path.parent.parent)
     for key in _OPENAI_EXTRA_KEYS:
         state_dict.pop(key, None)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
