@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from personsearch import __version__
 from personsearch.cli import common
 from personsearch.cli import config as config_cli
+from personsearch.cli import demo as demo_cli
 from personsearch.cli import eval as eval_cli
 from personsearch.cli import explain_mask as explain_mask_cli
 from personsearch.cli import export as export_cli
@@ -64,13 +65,15 @@ def _root(
     common.configure_console_logging()
 
 
-app.add_typer(config_cli.app, name="config")
-app.command("explain-mask")(explain_mask_cli.explain_mask)
+# Registration order is the order `personsearch --help` lists the verbs: the flow, then helpers.
 app.command("prepare")(prepare_cli.prepare)
 app.command("train")(train_cli.train)
 app.command("eval")(eval_cli.evaluate)
 app.command("export")(export_cli.export)
 app.command("query")(query_cli.query)
+app.command("demo")(demo_cli.demo)
+app.command("explain-mask")(explain_mask_cli.explain_mask)
+app.add_typer(config_cli.app, name="config")
 
 
 def main() -> None:

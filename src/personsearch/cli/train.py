@@ -21,8 +21,11 @@ def train(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset folder (from `prepare`).")] = None,
     config: ConfigOption = None,
     pretrained: Annotated[str | None, typer.Option(
-        "--pretrained", help="CLIP weights: ViT-B/16 (from ~/.cache/clip), a file or folder; 'none' = random init.")] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Run name (folder under runtime.output_dir).")] = None,
+        "--pretrained", help="CLIP weights: ViT-B/16 (from ~/.cache/clip), a file or folder; 'none' = random init."
+    )] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Run name (folder under runtime.output_dir).")
+    ] = None,
     set_: SetOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder where it stopped.")] = None,
     precision: Precision = None,

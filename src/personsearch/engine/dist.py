@@ -53,6 +53,10 @@ def all_gather_with_grad(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate a tensor from every rank along dim 0; gradients flow back to each rank's part."""
     if not info.enabled:
         return tensor
+    if not tensor.is_floating_point():  # labels and ids: no gradient to carry
+        parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor.contiguous()), dim=0)

@@ -111,7 +111,7 @@ def sheet_rows(result: EvalResult, image_root: Any, queries: int = 8, seed: int 
         tiles = [
             SheetTile(root / result.gallery_paths[g], f"{float(s):.3f}",
                       MATCH if int(result.gallery_pids[g]) == pid else MISMATCH)
-            for s, g in zip(top.values.tolist(), top.indices.tolist())
+            for s, g in zip(top.values.tolist(), top.indices.tolist(), strict=True)
         ]
         truth = (result.gallery_pids == pid).nonzero().flatten().tolist()
         if truth:

@@ -82,7 +82,9 @@ def _find_run(path: Path) -> Path | None:
     return None
 
 
-def load_trained(source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best") -> TrainedModel:
+def load_trained(
+    source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best"
+) -> TrainedModel:
     """Load the CLIP of a trained model for embedding (eval mode, CPU, float32).
 
     ``source`` is a run folder, a checkpoint inside one, or an IRRA run folder; ``None`` takes the

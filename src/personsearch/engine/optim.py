@@ -73,7 +73,7 @@ def build_optimizer(model: torch.nn.Module, optim: OptimSettings) -> torch.optim
     """Adam, AdamW or SGD over IRRA's parameter groups (settings.optim)."""
     groups = build_param_groups(model, optim)
     for group in groups:
-        log.info(
+        log.debug(
             "param group: %d tensors, lr %.3g, weight decay %.3g",
             len(group["params"]),
             group["lr"],

@@ -99,10 +99,13 @@ def _optimizer_from_files(folder: Path, described: dict[str, Any], template: tor
         state.setdefault(int(index), {}).update(values)
     groups = described["param_groups"]
     current = template.state_dict()["param_groups"]
-    if len(groups) != len(current) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, current)):
+    mismatch = len(groups) != len(current) or any(
+        len(a["params"]) != len(b["params"]) for a, b in zip(groups, current, strict=True)
+    )
+    if mismatch:
         raise InputError("the checkpoint's optimizer does not match this model's parameter groups",
                          hint="resume with the same settings the run was started with")
-    for saved, live in zip(groups, current):
+    for saved, live in zip(groups, current, strict=True):
         if "names" in live:
             saved["names"] = live["names"]
     return {"state": state, "param_groups": groups}

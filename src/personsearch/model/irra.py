@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -113,6 +113,9 @@ class IRRA(nn.Module):
         self.vocab_size = int(vocab_size if vocab_size is not None else base_model.config.vocab_size)
         # Fixed (not learned) logit scale, as IRRA: 1 / temperature.
         self.logit_scale = 1.0 / temperature
+        # Under DDP with loss.gather, concatenates a tensor over all ranks (with gradients), so the
+        # matching losses see the global batch; None = per-rank losses, as IRRA computes them.
+        self.feature_gather: Callable[[Tensor], Tensor] | None = None
         width = self.embed_dim
 
         if "id" in self.losses:
@@ -233,18 +236,21 @@ class IRRA(nn.Module):
         rows = torch.arange(ids.shape[0], device=ids.device)
         t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
 
+        g_i, g_t, g_pids = i_feats, t_feats, pids
+        if self.feature_gather is not None:
+            g_i, g_t, g_pids = self.feature_gather(i_feats), self.feature_gather(t_feats), self.feature_gather(pids)
         if "itc" in self.losses:
-            out["itc_loss"] = itc_loss(i_feats, t_feats, self.logit_scale) * self.loss_weights["itc"]
+            out["itc_loss"] = itc_loss(g_i, g_t, self.logit_scale) * self.loss_weights["itc"]
         if "sdm" in self.losses:
             image_ids = self._image_ids(batch)
+            if image_ids is not None and self.feature_gather is not None:
+                image_ids = self.feature_gather(image_ids)
             out["sdm_loss"] = (
-                sdm_loss(
-                    i_feats, t_feats, pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor
-                )
+                sdm_loss(g_i, g_t, g_pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor)
                 * self.loss_weights["sdm"]
             )
         if "cmpm" in self.losses:
-            out["cmpm_loss"] = cmpm_loss(i_feats, t_feats, pids) * self.loss_weights["cmpm"]
+            out["cmpm_loss"] = cmpm_loss(g_i, g_t, g_pids) * self.loss_weights["cmpm"]
         if "id" in self.losses:
             self._check_pids(pids)
             image_logits = self.classifier(i_feats)

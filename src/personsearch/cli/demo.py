@@ -1,0 +1,88 @@
+"""``personsearch demo``: every stage of the flow on a synthetic dataset, in minutes, on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout
+
+_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path(
+        "runs/demo"
+    ),
+    minutes: Annotated[
+        float, typer.Option("--minutes", min=0.05, help="Training budget (wall minutes) per run.")
+    ] = 7.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for data and training.")] = 0,
+    masking: Annotated[str, typer.Option("--masking", help="attention (AGM) or random (IRRA).")] = "attention",
+    compare_masking: Annotated[bool, typer.Option(
+        "--compare-masking", help="Train random and attention-guided masking with the same seed and budget.")] = False,
+    ids: Annotated[int, typer.Option("--ids", min=8, help="Identities in the synthetic dataset.")] = 800,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes for drawing and loading.")] = 2,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """Draw data, train, evaluate, export an index and answer "a woman in a red coat"."""
+    from personsearch.cli.train import _progress
+    from personsearch.engine.demo import DemoHooks, run_demo
+
+    quiet = state.quiet or json_
+    progresses = []
+
+    def train_callbacks(strategy: str):  # type: ignore[no-untyped-def]
+        callbacks, progress = _progress(quiet)
+        if progress is not None:
+            progresses.append(progress)
+        return callbacks
+
+    def on_stage(text: str) -> None:
+        while progresses:
+            progresses.pop().stop()
+        if not quiet:
+            stderr.print(f"[bold cyan]▶[/] {text}")
+
+    try:
+        result = run_demo(out, minutes=minutes, seed=seed, masking=masking, compare_masking=compare_masking,
+                          ids=ids, workers=workers, sets=list(set_ or []),
+                          hooks=DemoHooks(on_stage=on_stage, train=train_callbacks))
+    finally:
+        while progresses:
+            progresses.pop().stop()
+    if json_:
+        print_json(result.to_json())
+        return
+    _render(result)
+
+
+def _render(result) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=f"test split of the synthetic set ({result.runs[-1].run})")
+    table.add_column("masking")
+    for key in _KEYS:
+        table.add_column(key, justify="right")
+    table.add_column("steps", justify="right")
+    table.add_column("train s", justify="right")
+    for run in result.runs:
+        table.add_row(run.masking, *(f"{run.metrics.get(k, float('nan')):.2f}" for k in _KEYS), str(run.steps),
+                      f"{run.seconds:.0f}")
+    stdout.print(table)
+    hits = Table(title=f"query: {result.query!r}")
+    for column in ("rank", "score", "path", "pid"):
+        hits.add_column(column)
+    for hit in result.top:
+        hits.add_row(str(hit["rank"]), f"{hit['score']:.3f}", hit["path"], str(hit["pid"]))
+    stdout.print(hits)
+    run = result.runs[-1].run
+    stdout.print(f"\nEverything is under [bold]{result.out}[/] ({result.seconds / 60:.1f} min). Try next:")
+    stdout.print(f"  personsearch query \"a man in a blue jacket with a black backpack\" --index {run / 'index'} "
+                 f"--sheet {result.out / 'query2.png'}")
+    stdout.print(f"  personsearch eval {run} --sheet {result.out / 'eval.png'}")
+    stdout.print(f"  personsearch explain-mask \"a woman in a red coat and black boots\" --run {run}")
+    stdout.print(f"  open {result.sheet}")

@@ -1,0 +1,190 @@
+"""The whole flow on data the tool draws itself: synthetic dataset → prepare → train a small
+CLIP-IRRA from scratch → evaluate → export the test gallery → answer a query with a sheet.
+
+No download and no pretrained weights, so it runs anywhere; the settings are the packaged
+``demo.yaml`` (a copy of ``configs/demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from personsearch.engine.train import TrainCallbacks, train
+from personsearch.errors import InputError
+from personsearch.io import atomic_write_json
+from personsearch.settings import Settings, resolve_settings
+
+DEMO_QUERY = "a woman in a red coat"
+DEMO_CONFIG = "demo.yaml"
+
+
+def demo_settings(sets: list[str] | None = None) -> Settings:
+    """The packaged demo settings, with optional ``section.key=value`` overrides."""
+    config = resources.files("personsearch").joinpath(DEMO_CONFIG)
+    with resources.as_file(config) as path:
+        return resolve_settings(config=path, sets=sets or [], environ={})
+
+
+@dataclass
+class DemoRun:
+    masking: str
+    run: Path
+    metrics: dict[str, float]
+    steps: int
+    epochs: int
+    seconds: float
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    data: Path
+    runs: list[DemoRun]
+    index: Path | None = None
+    sheet: Path | None = None
+    query: str = DEMO_QUERY
+    top: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        main = self.runs[-1]
+        summary: dict[str, Any] = {
+            "run": str(main.run), "index": str(self.index) if self.index else None,
+            "sheet": str(self.sheet) if self.sheet else None, "data": str(self.data),
+            "metrics": main.metrics, "seconds": round(self.seconds, 1),
+        }
+        if len(self.runs) > 1:
+            summary["compare"] = {r.masking: {"run": str(r.run), "metrics": r.metrics} for r in self.runs}
+        return summary
+
+
+@dataclass
+class DemoHooks:
+    """Progress hooks for the CLI (the library never prints)."""
+
+    on_stage: Callable[[str], None] | None = None
+    train: Callable[[str], TrainCallbacks] | None = None  # masking -> callbacks
+    on_data_progress: Callable[[int, int], None] | None = None
+
+
+def _stage(hooks: DemoHooks, text: str) -> None:
+    if hooks.on_stage:
+        hooks.on_stage(text)
+
+
+def prepare_demo_data(out: Path, ids: int, seed: int, workers: int,
+                      progress: Callable[[int, int], None] | None = None) -> Path:
+    """Draw and prepare the synthetic set once; a rerun with the same size and seed reuses it."""
+    from personsearch.data import prepare_dataset
+    from personsearch.data.prepared import PreparedDataset
+    from personsearch.data.synthetic import generate_raw_dataset
+
+    data = out / "data"
+    marker = data / "demo-data.json"
+    wanted = {"ids": ids, "seed": seed}
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == wanted:
+                PreparedDataset.load(data)
+                return data
+        except (InputError, json.JSONDecodeError, OSError):
+            pass
+    raw = data / "raw"
+    generate_raw_dataset(raw, ids=ids, seed=seed, workers=workers, progress=progress)
+    report = prepare_dataset("CUHK-PEDES", raw, data, workers=workers)
+    if report.problems:
+        raise InputError(f"the synthetic dataset has {len(report.problems)} problems: {report.problems[0]}")
+    atomic_write_json(marker, wanted)
+    return data
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    minutes: float | None = 7.0,
+    seed: int = 0,
+    masking: str = "attention",
+    compare_masking: bool = False,
+    ids: int = 800,
+    workers: int = 2,
+    sets: list[str] | None = None,
+    query: str = DEMO_QUERY,
+    hooks: DemoHooks | None = None,
+) -> DemoResult:
+    """Run every stage under ``out``; ``minutes`` caps each training run's wall time."""
+    from personsearch.data.prepared import PreparedDataset
+    from personsearch.engine.models import load_trained
+    from personsearch.io import RunLock
+    from personsearch.retrieval.export import export_images
+    from personsearch.retrieval.query import render_query_sheet, search_text
+    from personsearch.runs import create_run, setup_logging
+
+    hooks = hooks or DemoHooks()
+    if masking not in ("attention", "random"):
+        raise InputError(f"--masking {masking!r}: choose attention or random")
+    if ids < 8:
+        raise InputError(f"--ids {ids}: the demo needs at least 8 identities to split train/val/test")
+    started = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        _stage(hooks, f"drawing and preparing the synthetic dataset ({ids} identities)")
+        data = prepare_demo_data(out, ids, seed, workers, hooks.on_data_progress)
+        prepared = PreparedDataset.load(data)
+
+        strategies = ["random", "attention"] if compare_masking else [masking]
+        runs: list[DemoRun] = []
+        for strategy in strategies:
+            extra = [f"masking.strategy={strategy}", f"runtime.seed={seed}", f"data.root={data.resolve()}",
+                     f"runtime.output_dir={out}", f"data.workers={workers}"]
+            if minutes is not None:
+                extra.append(f"train.max_minutes={minutes}")
+            settings = demo_settings(extra + list(sets or []))
+            settings.train.batch_size = min(settings.train.batch_size, _train_captions(prepared))
+            name = f"run-{strategy}" if compare_masking else "run"
+            _stage(hooks, f"training a small CLIP-IRRA from scratch ({strategy} masking)")
+            run_dir = create_run(settings, name=name, output_dir=out, exist_ok=True)
+            _clear_previous(run_dir)
+            setup_logging(run_dir)
+            tick = time.monotonic()
+            callbacks = hooks.train(strategy) if hooks.train else None
+            result = train(settings, data, run_dir, callbacks=callbacks)
+            runs.append(DemoRun(strategy, run_dir, result.best or result.last, result.steps, result.epochs,
+                                time.monotonic() - tick))
+
+        main = runs[-1]
+        _stage(hooks, "exporting the test gallery into a searchable index")
+        model = load_trained(main.run)
+        index = main.run / "index"
+        export_images(model, index, prepared=prepared, split="test", workers=workers)
+        _stage(hooks, f"searching: {query!r}")
+        results = search_text(model, index, [query], k=10)
+        sheet = out / "query.png"
+        render_query_sheet(_open_index(index), results, sheet)
+        top = [{"rank": hit.rank, "score": hit.score, "path": hit.path, "pid": hit.pid} for hit in results[0].results]
+    return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started)
+
+
+def _train_captions(prepared: Any) -> int:
+    return sum(len(entry.captions) for entry in prepared.entries("train"))
+
+
+def _clear_previous(run_dir: Path) -> None:
+    """A rerun of the demo trains afresh: drop the previous run's checkpoints and logs."""
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir / "index", ignore_errors=True)
+    for name in ("metrics.jsonl", "log.txt"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _open_index(path: Path) -> Any:
+    from personsearch.retrieval.index import GalleryIndex
+
+    return GalleryIndex.open(path)
