@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--text-batches", type=int, default=2, help="timed batches per row")
     parser.add_argument("--text-tokens", type=int, default=30, help="caption length, SOT and EOT included")
     parser.add_argument("--skip", choices=["image", "text"], action="append", default=[])
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,6 +201,18 @@ def main() -> None:
             },
         )
 
+    if args.json:
+        goals = {"image": {"bf16": ">= 20, cosine >= 0.999"}, "text": {"bf16": ">= 300", "fp32": ">= 300"}}
+        ref_rates = {workload: rate for workload, label, rate, _, _ in rows if label == "reference"}
+        print(json.dumps([
+            {
+                "figure": f"{workload} embedding, ViT-B/16, {label.split()[-1]}", "unit": "items/s", "ours": rate,
+                "reference": ref_rates[workload], "higher_is_better": True,
+                "goal": goals[workload.split()[0]].get(label.split()[-1], "-"), "note": f"cosine {note}",
+            }
+            for workload, label, rate, _, note in rows if label != "reference"
+        ]))
+        return
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"ViT-B/16, random weights, device {device}, torch {torch.__version__}, threads {threads}")
     print(

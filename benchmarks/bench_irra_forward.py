@@ -17,6 +17,7 @@ the text and cross-modal cost, which is what this forward changes.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=23, help="mean words per caption")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -132,6 +134,15 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         results[name] = (statistics.median(times), value)
     longest = int(batch["caption_ids"].argmax(-1).max()) + 1
+    if args.json:
+        (ref_s, ref_loss), (our_s, our_loss) = results["reference"], results["ours"]
+        print(json.dumps([{
+            "figure": f"IRRA fwd+bwd, text tower B/16 + 1 narrow image layer, batch {args.batch}, random masking",
+            "unit": "captions/s", "ours": args.batch / our_s, "reference": args.batch / ref_s,
+            "higher_is_better": True, "goal": "-",
+            "note": f"{args.threads} thread(s); |loss diff| {abs(ref_loss - our_loss).item():.1e}",
+        }]))
+        return
     print(
         f"IRRA step (forward + backward, sdm+mlm+id), batch {args.batch}, longest caption {longest} "
         f"tokens, {args.threads} thread(s)"

@@ -12,6 +12,7 @@ from importance^(1/τ), then 80/10/10 per token). Ours: the batched tensor code 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -105,6 +106,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ids = captions(args.batch)
@@ -119,6 +121,16 @@ def main() -> None:
             lambda: attention_masking(ids, importance, ratio=0.15, temperature=0.5, generator=g),
         ),
     ]
+    if args.json:
+        print(json.dumps([
+            {
+                "figure": f"mask {args.batch} captions x {ids.shape[1]}, {name}", "unit": "ms",
+                "ours": timed(ours, args.repeats), "reference": timed(reference, args.repeats),
+                "higher_is_better": False, "goal": "-", "note": "1 thread, median",
+            }
+            for name, reference, ours in rows
+        ]))
+        return
     print(f"masking one batch of {args.batch} captions x {ids.shape[1]} tokens, 1 thread (median ms)")
     print(f"{'strategy':<26}{'reference':>12}{'ours':>10}{'speed-up':>10}")
     for name, reference, ours in rows:

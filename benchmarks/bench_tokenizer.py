@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import random
 import time
 
@@ -82,6 +83,7 @@ def plain_matrix(tok: ClipTokenizer, texts: list[str], length: int = 77) -> np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=20000)
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
     texts = captions(args.captions)
 
@@ -97,6 +99,14 @@ def main() -> None:
 
     assert np.array_equal(ours, reference), "token ids differ from the plain formulation"
     per_10k = 10000 / len(texts)
+    if args.json:
+        row = {
+            "figure": f"tokenize {len(texts):,} captions (s per 10k)", "unit": "s", "ours": ours_seconds * per_10k,
+            "reference": plain_seconds * per_10k, "higher_is_better": False, "goal": "well under 1 s per 10k",
+            "note": "identical ids",
+        }
+        print(json.dumps([row]))
+        return
     print(f"{len(texts):,} captions, {int((ours > 0).sum()):,} tokens; identical ids: yes")
     print(f"{'':24}{'total s':>10}{'s per 10k':>12}")
     print(f"{'plain (ftfy, no cache)':24}{plain_seconds:10.3f}{plain_seconds * per_10k:12.3f}")
