@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -410,8 +411,15 @@ def _describe(exc: ValidationError, layers: _Layers) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    shown = f" = {value!r}" if not isinstance(value, dict) else ""
+    shown = f" = {_short_repr(value)}" if not isinstance(value, dict) else ""
     return f"invalid setting {dotted}{shown} (from {source}): {message}"
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr: a value built from YAML aliases can expand to billions of items."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxstring, short.maxother = 3, 6, 6, 80, 80
+    return short.repr(value)
 
 
 def _known_keys(dotted: str) -> list[str]:
