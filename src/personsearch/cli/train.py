@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,9 +79,11 @@ def train(
         raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
 
     lock = RunLock(run_dir) if rank == 0 else None
+    created = False
     if lock is not None:
         if resume is None:
             create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
+            created = True
         lock.acquire()
     try:
         if rank == 0:
@@ -99,6 +102,12 @@ def train(
         finally:
             if progress is not None:
                 progress.stop()
+    except InputError:
+        # Refused before any checkpoint (bad settings or data): leave no half-made run behind.
+        if created and lock is not None and not any((run_dir / "checkpoints").iterdir()):
+            lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         if lock is not None:
             lock.release()
