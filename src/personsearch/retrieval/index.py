@@ -169,9 +169,13 @@ def _write_shard(
     npy_name, meta_name = _shard_files(number)
     with atomic_open(folder / npy_name, "wb") as handle:
         np.save(handle, np.ascontiguousarray(rows), allow_pickle=False)
-    with atomic_open(folder / meta_name, "w", encoding="utf-8") as handle:
-        for entry in entries:
-            handle.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
+    try:
+        with atomic_open(folder / meta_name, "w", encoding="utf-8") as handle:
+            for entry in entries:
+                handle.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
+    except BaseException:
+        (folder / npy_name).unlink(missing_ok=True)  # a shard is both files or neither
+        raise
     return {
         "embeddings": npy_name,
         "metadata": meta_name,
