@@ -94,7 +94,9 @@ def reference_export(model, images: Path, out: Path, precision: str) -> int:
     return len(files)
 
 
-def measure(label: str, sets: list[str], count: int, batch_size: int, workers: int, precision: str) -> None:
+def measure(
+    label: str, sets: list[str], count: int, batch_size: int, workers: int, precision: str, rows: list | None = None
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model = load_trained(random_run(tmp_path / "runs", sets))
@@ -113,6 +115,12 @@ def measure(label: str, sets: list[str], count: int, batch_size: int, workers: i
         )
         ours_s = report.seconds
         assert report.indexed == n
+    if rows is not None:
+        rows.append({
+            "figure": f"export {label}", "unit": "images/s", "ours": n / ours_s, "reference": n / reference_s,
+            "higher_is_better": True, "goal": "-", "note": f"{n} images, batch {batch_size}, {workers} workers",
+        })
+        return
     print(f"{label:<34} {n:>6} {n / reference_s:>12.1f} {n / ours_s:>12.1f} {reference_s / ours_s:>8.2f}x")
 
 
@@ -125,14 +133,17 @@ def main() -> None:
     parser.add_argument("--vit-b16", action="store_true", help="also measure a ViT-B/16 at 384x128 (slow on CPU)")
     parser.add_argument("--vit-images", type=int, default=64, help="images for the ViT-B/16 measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"CPU threads {torch.get_num_threads()}, workers {args.workers}, batch {args.batch_size}, "
-        f"precision {args.precision}"
-    )
-    print(f"{'model':<34} {'images':>6} {'reference/s':>12} {'ours/s':>12} {'speedup':>9}")
+    rows: list | None = [] if args.json else None
+    if not args.json:
+        print(
+            f"CPU threads {torch.get_num_threads()}, workers {args.workers}, batch {args.batch_size}, "
+            f"precision {args.precision}"
+        )
+        print(f"{'model':<34} {'images':>6} {'reference/s':>12} {'ours/s':>12} {'speedup':>9}")
     tiny = [*TINY_ARCH, "model.image_size=[128,64]"]
     measure(
         "tiny CLIP (64 wide, 1 layer) 128x64",
@@ -141,6 +152,7 @@ def main() -> None:
         args.batch_size,
         args.workers,
         args.precision,
+        rows,
     )
     if args.vit_b16:
         measure(
@@ -150,7 +162,10 @@ def main() -> None:
             args.batch_size,
             args.workers,
             args.precision,
+            rows,
         )
+    if rows is not None:
+        print(json.dumps(rows))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vit-b16", action="store_true", help="ViT-B/16 weights (512-d) instead of a tiny model")
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
 
     from personsearch.engine.models import load_trained
@@ -124,6 +125,15 @@ def main() -> None:
         out = json.loads(subprocess.run(query, check=True, capture_output=True, text=True).stdout)
         assert len(out["results"]) == 10
 
+    if args.json:
+        total = figures["personsearch query"]
+        startup = figures["import torch + load tokenizer"] + parts["model"] + parts["open_verify"]
+        print(json.dumps([{
+            "figure": f"`personsearch query` end to end, {args.rows:,}-image index", "unit": "s", "ours": total,
+            "reference": figures["reference script"], "higher_is_better": False, "goal": "-",
+            "note": f"start-up {startup:.2f} s of it; encode + search {parts['search'] * 1e3:.1f} ms",
+        }]))
+        return
     print(f"index: {args.rows:,} x {dim} float16, {'ViT-B/16' if args.vit_b16 else 'tiny'} random-weight model")
     print(f"{'fresh process (median wall)':<36} {'seconds':>8}")
     for name, seconds in figures.items():
