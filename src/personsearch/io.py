@@ -170,39 +170,53 @@ class RunLock:
     """An exclusive lock file (``.lock`` holding the owner's pid) on a run or index folder.
 
     A lock whose process is gone is stale and taken over; a live holder makes the second writer
-    fail with a message naming the pid.
+    fail with a message naming the pid. The holder also keeps an advisory ``flock`` on the file, so
+    two processes deciding at the same moment (a fresh lock, or a stale one) cannot both win.
     """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / ".lock"
         self._held = False
+        self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        import fcntl
+
         self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and holder != os.getpid() and _pid_alive(holder):
-                    raise InputError(
-                        f"{self.folder} is in use by process {holder}",
-                        hint=f"wait for it to finish, or remove {self.path} if that process is not personsearch",
-                    ) from None
-                # Stale: take it over by atomically replacing the file with ours.
-                tmp = self.path.with_name(f".lock.{os.getpid()}")
-                tmp.write_text(str(os.getpid()))
-                os.replace(tmp, self.path)
-                if self._holder() == os.getpid():
-                    self._held = True
-                    return self
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._in_use(self._holder()) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released (unlinked) between our open and flock: try the new file
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
+            holder = self._holder()
+            if holder is not None and holder != os.getpid() and _pid_alive(holder):
+                os.close(fd)
+                raise self._in_use(holder)
+            # Free, or stale (its process is gone): ours now.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.fsync(fd)
+            self._fd = fd
             self._held = True
             return self
         raise InputError(f"could not lock {self.folder}: another process keeps taking it")
+
+    def _in_use(self, holder: int | None) -> InputError:
+        who = f"process {holder}" if holder else "another process"
+        return InputError(
+            f"{self.folder} is in use by {who}",
+            hint=f"wait for it to finish, or remove {self.path} if that process is not personsearch",
+        )
 
     def _holder(self) -> int | None:
         try:
@@ -213,6 +227,9 @@ class RunLock:
     def release(self) -> None:
         if self._held and self._holder() == os.getpid():
             self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._held = False
 
     def __enter__(self) -> RunLock:
