@@ -12,7 +12,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,16 +112,64 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _recover_siblings(path: Path) -> None:
+    """Clean up after a writer of ``path`` that was killed: put back a folder it had moved aside
+    (when ``path`` is gone) and remove its temporary folders. Live writers' folders are left."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(\d+)\.[^/]*\.tmp)$")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        match = pattern.match(sibling.name)
+        if match is None or not sibling.is_dir():
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if match.group(1) and not path.exists():
+            os.replace(sibling, path)  # killed between moving the old folder aside and the swap
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole.
 
-    The old folder (if any) is moved aside first and removed only after the new one is in place,
-    so at every instant ``path`` is either the complete old or the complete new content.
+    Where the system allows, the two folders are exchanged in one atomic rename; otherwise the old
+    folder (if any) is moved aside first and removed only after the new one is in place, and the
+    next writer puts it back if a crash fell between the two renames. Either way ``path`` holds
+    the complete old or the complete new content, never a mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _recover_siblings(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for child in tmp.rglob("*"):
@@ -127,12 +177,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
         old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
+        if path.exists() and _exchange(tmp, path):
+            old = tmp  # now holds the previous content
+        else:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
