@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import personsearch  # noqa: F401  (first: its OpenMP wait policy must precede the first torch import)
+
 #: A CLIP small enough to train for a few steps in seconds on 2 CPU cores.
 TINY_SETS = [
     "model.pretrained=null",

@@ -143,7 +143,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared_tiny, tmp_pa
     sets = []
     for item in TINY_SETS + [f"runtime.output_dir={tmp_path}", "train.epochs=3"]:
         sets += ["--set", item]
-    base = ["train", "--data", str(prepared_tiny), "--quiet", *sets]
+    base = ["--quiet", "train", "--data", str(prepared_tiny), *sets]
     straight = _cli([*base, "--name", "straight"])
     assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
 
@@ -155,9 +155,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared_tiny, tmp_pa
     time.sleep(0.3)  # somewhere inside the second epoch or its checkpoint write
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    resumed = _cli(["train", "--resume", str(tmp_path / "killed"), "--quiet"])
+    resumed = _cli(["--quiet", "train", "--resume", str(tmp_path / "killed")])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     assert _same(_weights(tmp_path / "straight"), _weights(tmp_path / "killed"))
+
+    def logged_steps(run):
+        return [row["step"] for row in read_jsonl(run / "metrics.jsonl") if "loss" in row]
+
+    assert logged_steps(tmp_path / "killed") == logged_steps(tmp_path / "straight")
 
 
 def _ddp_worker(rank: int, world: int, port: int, settings_dict: dict, run: str, out: str) -> None:

@@ -27,7 +27,7 @@ from personsearch.engine.evaluate import evaluate_split
 from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.state import load_training_state, save_training_state
 from personsearch.errors import InputError, RunFailure
-from personsearch.io import append_line
+from personsearch.io import append_line, atomic_write_text, read_jsonl
 from personsearch.runs import METRICS_FILE
 from personsearch.settings import Settings
 
@@ -181,6 +181,8 @@ def train(
             last = dict(checkpoint.meta.get("metrics", {}))
             skipped_total = int(checkpoint.meta.get("skipped_images", 0))
             log.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, step)
+            if info.is_main:
+                _forget_metrics_after(run_dir / METRICS_FILE, step)
 
     trained = model
     if info.enabled:
@@ -330,6 +332,17 @@ def train(
         distributed.shutdown_distributed()
     epochs_done = epoch + 1 if stopped == "finished" else epoch
     return TrainResult(run_dir, epochs_done, step, best, last, stopped, skipped_total, model)
+
+
+def _forget_metrics_after(path: Path, step: int) -> None:
+    """Drop metric lines a killed run logged after its last checkpoint: the resumed run logs them
+    again, so the file reads as one uninterrupted run."""
+    import json
+
+    rows = read_jsonl(path)
+    kept = [row for row in rows if int(row.get("step", 0)) <= step]
+    if len(kept) != len(rows) or (path.is_file() and not path.read_text().endswith("\n")):
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _iterate(loader: DataLoader) -> Iterator[dict[str, Any]]:
