@@ -80,14 +80,20 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("spec", "after", "when", "exchange"),
     [
-        ("personsearch.data.prepared:_npy_bytes", 0, "after", True),  # tokens built, nothing written
-        ("personsearch.io:_exchange", 0, "before", True),  # the new folder complete, not swapped in
-        ("personsearch.io:_exchange", 0, "after", True),  # swapped in, the old one not yet removed
-        ("os:replace", 0, "before", False),  # without an atomic exchange: before moving the old aside
-        ("os:replace", 0, "after", False),  # ... between moving the old aside and the new in place
-        ("os:replace", 1, "after", False),  # ... the new in place, the old not yet removed
+        # tokens built, nothing written
+        pytest.param("personsearch.data.prepared:_npy_bytes", 0, "after", True, id="before-write",
+                     marks=pytest.mark.slow),
+        # the new folder complete, not swapped in
+        pytest.param("personsearch.io:_exchange", 0, "before", True, id="before-swap"),
+        # swapped in, the old one not yet removed
+        pytest.param("personsearch.io:_exchange", 0, "after", True, id="after-swap"),
+        # without an atomic exchange: before moving the old aside
+        pytest.param("os:replace", 0, "before", False, id="fallback-before", marks=pytest.mark.slow),
+        # ... between moving the old aside and the new in place
+        pytest.param("os:replace", 0, "after", False, id="fallback-mid"),
+        # ... the new in place, the old not yet removed
+        pytest.param("os:replace", 1, "after", False, id="fallback-after", marks=pytest.mark.slow),
     ],
-    ids=["before-write", "before-swap", "after-swap", "fallback-before", "fallback-mid", "fallback-after"],
 )
 def test_prepare_killed_keeps_the_previous_output_and_a_rerun_completes(
     synthetic_raw, tmp_path, spec, after, when, exchange
