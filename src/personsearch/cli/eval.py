@@ -71,9 +71,14 @@ def evaluate(
                                                 f"R1 {result.t2i['R1']:.2f}")
     if json_:
         print_json({"t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}), "split": split,
-                    "data": prepared.fingerprint, **({"sheet": str(sheet)} if sheet else {})})
+                    "data": prepared.fingerprint, "skipped_images": result.info.get("skipped_images", 0),
+                    "queries_without_match": result.info.get("queries_without_match", 0),
+                    **({"sheet": str(sheet)} if sheet else {})})
         return
     _table(f"{model.source.name} on {prepared.name} ({split}, {queries_total} queries)", result.t2i, result.i2t)
+    unreadable = result.info.get("skipped_images")
+    if unreadable:
+        stderr.print(f"[yellow]{unreadable} gallery images could not be read and were left out[/]")
     skipped = result.info.get("queries_without_match")
     if skipped:
         stderr.print(f"[yellow]{skipped} queries had no true match in the gallery and were excluded[/]")

@@ -96,8 +96,8 @@ def prepare_demo_data(out: Path, ids: int, seed: int, workers: int,
         except (InputError, json.JSONDecodeError, OSError):
             pass
     raw = data / "raw"
-    generate_raw_dataset(raw, ids=ids, seed=seed, workers=workers, progress=progress)
-    report = prepare_dataset("CUHK-PEDES", raw, data, workers=workers)
+    generate_raw_dataset(raw, ids=ids, seed=seed, workers=max(1, workers), progress=progress)
+    report = prepare_dataset("CUHK-PEDES", raw, data, workers=max(1, workers))
     if report.problems:
         raise InputError(f"the synthetic dataset has {len(report.problems)} problems: {report.problems[0]}")
     atomic_write_json(marker, wanted)

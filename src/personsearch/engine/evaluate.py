@@ -3,16 +3,21 @@ cosine similarity, compute R@K / mAP / mINP (text→image, and image→text on r
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from personsearch.errors import RunFailure
 from personsearch.metrics import rank_metrics
 from personsearch.retrieval.embed import Progress, embed_images, embed_texts
 from personsearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,8 +33,29 @@ class EvalResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _images(batch: dict[str, Any]) -> Tensor:
-    return batch["images"]
+class _ReadableGallery(Dataset):
+    """Gallery items, with ``None`` for an image that can no longer be read (deleted or corrupted
+    since prepare): it is left out of the gallery and counted, never a crash mid-evaluation."""
+
+    def __init__(self, gallery: Any) -> None:
+        self.gallery = gallery
+
+    def __len__(self) -> int:
+        return len(self.gallery)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None]:
+        try:
+            return index, self.gallery[index]["images"]
+        except RunFailure as exc:
+            log.warning("leaving out gallery image %d: %s", index, exc.message)
+            return index, None
+
+
+def _collate_readable(items: list[tuple[int, Tensor | None]]) -> tuple[list[int], Tensor | None]:
+    kept = [(index, image) for index, image in items if image is not None]
+    if not kept:
+        return [], None
+    return [index for index, _ in kept], torch.stack([image for _, image in kept])
 
 
 @torch.no_grad()
@@ -58,24 +84,38 @@ def evaluate_split(
         gallery = GalleryImages(prepared, split, build_transform(settings.model.image_size, train=False))
         text = embed_texts(clip, queries.caption_ids, batch_size=batch_size, device=device,
                            precision=precision, progress=progress)
-        loader = DataLoader(gallery, batch_size=batch_size, shuffle=False, num_workers=settings.data.workers,
+        loader = DataLoader(_ReadableGallery(gallery), batch_size=batch_size, shuffle=False,
+                            num_workers=settings.data.workers, collate_fn=_collate_readable,
                             pin_memory=device.type == "cuda")
-        image = embed_images(clip, map(_images, loader), device=device, precision=precision, progress=progress)
+        kept: list[int] = []
+
+        def batches() -> Iterator[Tensor]:
+            for indices, images in loader:
+                if images is not None:
+                    kept.extend(indices)
+                    yield images
+
+        image = embed_images(clip, batches(), device=device, precision=precision, progress=progress)
     finally:
         clip.train(was_training)
+    if not kept:
+        raise RunFailure(f"no gallery image of the {split!r} split could be read",
+                         hint=f"check the image folder {getattr(prepared, 'raw_root', '')}")
+    gallery_pids = gallery.pids[torch.tensor(kept, dtype=torch.long)]
     text = torch.nn.functional.normalize(text, dim=-1)
     image = torch.nn.functional.normalize(image, dim=-1)
     similarity = text @ image.t()
-    t2i = rank_metrics(similarity, queries.pids, gallery.pids)
+    t2i = rank_metrics(similarity, queries.pids, gallery_pids)
     result = EvalResult(split=split, t2i=_percent_only(t2i), info=_info(t2i))
+    result.info["skipped_images"] = len(gallery) - len(kept)
     if i2t:
-        result.i2t = _percent_only(rank_metrics(similarity.t(), gallery.pids, queries.pids))
+        result.i2t = _percent_only(rank_metrics(similarity.t().contiguous(), gallery_pids, queries.pids))
     if keep_similarity:
         result.similarity = similarity
         result.query_pids = queries.pids
-        result.gallery_pids = gallery.pids
+        result.gallery_pids = gallery_pids
         result.captions = list(queries.captions)
-        result.gallery_paths = [entry.path for entry in gallery.entries]
+        result.gallery_paths = [gallery.entries[index].path for index in kept]
     return result
 
 

@@ -359,10 +359,10 @@ def _non_finite_term(outputs: dict[str, Any]) -> str | None:
     for name, value in outputs.items():
         if name.endswith("loss") and isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
             if name != "loss":
-                return f"{name} = {float(value)}"
+                return f"{name} = {float(value.detach())}"
     loss = outputs.get("loss")
     if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
-        return f"loss = {float(loss)}"
+        return f"loss = {float(loss.detach())}"
     return None
 
 
