@@ -98,3 +98,20 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
         assert lock.path.exists()
     assert not (tmp_path / ".lock").exists()
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        import importlib
+
+        import personsearch.io as io_module
+
+        importlib.reload(io_module)
+        io_module.atomic_write_text(tmp_path / "f.txt", "x")
+        with io_module.atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+        assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(mask)

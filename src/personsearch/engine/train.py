@@ -28,7 +28,7 @@ from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.state import load_training_state, save_training_state
 from personsearch.errors import InputError, RunFailure
 from personsearch.io import append_line, atomic_write_text, read_jsonl
-from personsearch.runs import METRICS_FILE
+from personsearch.runs import CONFIG_FILE, METRICS_FILE
 from personsearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,8 @@ def train(
         raise InputError(f"train.batch_size = {settings.train.batch_size} is larger than the training set "
                          f"({len(train_set)} captions)", hint="lower --set train.batch_size")
 
+    if info.is_main and not (run_dir / CONFIG_FILE).is_file():
+        atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())  # every verb that takes a run reads it
     seed = settings.runtime.seed
     torch.manual_seed(seed)
     model = build_irra(settings, num_classes=prepared.num_train_ids)

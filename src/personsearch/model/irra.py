@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from personsearch.errors import InputError
 from personsearch.losses import cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
-from personsearch.model.clip import CLIP, QuickGELU, Transformer
+from personsearch.model.clip import CLIP, Attention, QuickGELU, Transformer
 from personsearch.settings import LOSS_NAMES, MaskingSettings
 from personsearch.text.masking import mask_captions
 
@@ -42,21 +42,13 @@ __all__ = ["IRRA", "CrossAttention", "build_irra"]
 logger = logging.getLogger(__name__)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """Multi-head attention from text queries to image keys/values, with ``nn.MultiheadAttention``'s
     parameter names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), run through SDPA."""
 
     def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if width % heads:
-            raise InputError(f"cross-attention width {width} is not divisible by {heads} heads")
+        super().__init__(width, heads)
         self.width = width
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         """``query`` [B, Tq, C] attends to ``key``/``value`` [B, Tk, C]; returns [B, Tq, C]."""
