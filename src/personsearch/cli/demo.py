@@ -29,14 +29,14 @@ def demo(
     json_: JsonOption = False,
 ) -> None:
     """Draw data, train, evaluate, export an index and answer "a woman in a red coat"."""
-    from personsearch.cli.train import _progress
+    from personsearch.cli.train import training_progress
     from personsearch.engine.demo import DemoHooks, run_demo
 
     quiet = state.quiet or json_
     progresses = []
 
     def train_callbacks(strategy: str):  # type: ignore[no-untyped-def]
-        callbacks, progress = _progress(quiet)
+        callbacks, progress = training_progress(quiet)
         if progress is not None:
             progresses.append(progress)
         return callbacks

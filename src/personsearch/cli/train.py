@@ -95,7 +95,7 @@ def train(
         if settings.model.pretrained is None and rank == 0:
             stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
                          "initialisation (fine for the demo, far from the paper's numbers)")
-        callbacks, progress = _progress(quiet=state.quiet or json_ or rank != 0)
+        callbacks, progress = training_progress(quiet=state.quiet or json_ or rank != 0)
         try:
             result = run_training(settings, settings.data.root, run_dir, resume=resume is not None,
                                   callbacks=callbacks)
@@ -146,7 +146,8 @@ def _launch_torchrun(nproc: int, name: str | None) -> None:
         raise typer.Exit(code)
 
 
-def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+def training_progress(quiet: bool):  # type: ignore[no-untyped-def]
+    """Rich progress bars for training (epoch bar with running losses, evaluation bar); shared by demo."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from personsearch.engine.train import StepReport, TrainCallbacks
