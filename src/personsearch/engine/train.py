@@ -13,7 +13,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,8 @@ def train(
 
     stopped = "finished"
     epoch = start_epoch
+    # Where a resumed run would continue: (epoch, batches of it whose optimizer step is done).
+    resume_at = (start_epoch, batch_in_epoch)
     try:
         for epoch in range(start_epoch, settings.train.epochs):
             batches = epoch_batches(sampler, epoch, per_rank_batch)
@@ -255,7 +257,7 @@ def train(
                 callbacks.on_epoch_start(epoch, len(batches), first)
             trained.train()
             tick, seen = time.monotonic(), 0
-            for offset, batch in enumerate(_iterate(loader)):
+            for offset, batch in enumerate(loader):
                 batch_index = first + offset
                 skipped_total += int(batch.pop("skipped", 0))
                 if batch["images"].shape[0] == 0:
@@ -285,6 +287,7 @@ def train(
                 else:
                     optimizer.step()
                 step += 1
+                resume_at = (epoch, batch_index + 1)
                 seen += batch["images"].shape[0]
                 values = {k: float(v.detach()) for k, v in outputs.items()
                           if isinstance(v, torch.Tensor) and v.dim() == 0}
@@ -305,6 +308,7 @@ def train(
                     raise _Stop(reason or "stopped on another rank")
             scheduler.step()
             batch_in_epoch = 0
+            resume_at = (epoch + 1, 0)
             metrics: dict[str, float] = {}
             is_best = False
             if (epoch + 1) % settings.train.eval_period == 0 or epoch + 1 == settings.train.epochs:
@@ -316,16 +320,14 @@ def train(
             distributed.barrier(info)
     except _Stop as stop:
         stopped = stop.reason
-        done = batch_index + 1 if "batch_index" in locals() else 0
         metrics = evaluate_now(epoch)
         is_best = bool(metrics) and metrics.get("R1", -1.0) > best.get("R1", -1.0)
         if is_best:
             best = {"epoch": epoch + 1, **metrics}
-        checkpoint_now(epoch, done, metrics, is_best or not best)
+        checkpoint_now(*resume_at, metrics, is_best or not best)
     except KeyboardInterrupt:
         stopped = "interrupted"
-        done = batch_index + 1 if "batch_index" in locals() else 0
-        checkpoint_now(epoch, done, last, False)
+        checkpoint_now(*resume_at, last, False)
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -345,10 +347,6 @@ def _forget_metrics_after(path: Path, step: int) -> None:
     kept = [row for row in rows if int(row.get("step", 0)) <= step]
     if len(kept) != len(rows) or (path.is_file() and not path.read_text().endswith("\n")):
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
-
-
-def _iterate(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    yield from loader
 
 
 def _main_thread() -> bool:
