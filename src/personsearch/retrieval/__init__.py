@@ -10,29 +10,30 @@ The ``export`` and ``query`` verbs are thin layers over these functions::
     entries = index.metadata(rows)
 """
 
-from personsearch.retrieval.ann import build_faiss, recall_at_k
-from personsearch.retrieval.index import (
-    FORMAT_VERSION,
-    GalleryIndex,
-    IndexEntry,
-    IndexWriter,
-    SearchResults,
-    append_to_index,
-    files_to_embed,
-    sha256_of,
-    write_index,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT_VERSION",
-    "GalleryIndex",
-    "IndexEntry",
-    "IndexWriter",
-    "SearchResults",
-    "append_to_index",
-    "build_faiss",
-    "files_to_embed",
-    "recall_at_k",
-    "sha256_of",
-    "write_index",
-]
+# Names are imported on first use, so the contact-sheet renderer (used by `prepare synthetic
+# --preview`) does not load torch.
+_EXPORTS = {
+    "build_faiss": "ann",
+    "recall_at_k": "ann",
+    "FORMAT_VERSION": "index",
+    "GalleryIndex": "index",
+    "IndexEntry": "index",
+    "IndexWriter": "index",
+    "SearchResults": "index",
+    "append_to_index": "index",
+    "files_to_embed": "index",
+    "sha256_of": "index",
+    "write_index": "index",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'personsearch.retrieval' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"personsearch.retrieval.{module}"), name)
