@@ -301,3 +301,118 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# ------------------------------------------------------------------ outputs this tool owns
+
+#: A folder this tool writes whole (prepared dataset, index, synthetic set, run, demo) carries this
+#: file; only a folder whose marker names the expected kind is ever replaced or cleared.
+OWNER_MARKER = ".personsearch.json"
+OWNER_FORMAT = "personsearch-output"
+OWNER_VERSION = 1
+
+
+def write_owner_marker(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` as a ``kind`` output written by this tool (inside the folder being built)."""
+    atomic_write_json(Path(folder) / OWNER_MARKER, {"format": OWNER_FORMAT, "kind": kind, "version": OWNER_VERSION})
+
+
+def owner_kind(folder: str | Path) -> str | None:
+    """The kind recorded in ``folder``'s marker, or None when the folder carries no valid marker."""
+    path = Path(folder) / OWNER_MARKER
+    try:
+        if not path.is_file() or path.stat().st_size > 4096:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != OWNER_FORMAT:
+        return None
+    version, kind = data.get("version"), data.get("kind")
+    if type(version) is not int or not 1 <= version <= OWNER_VERSION or not isinstance(kind, str):
+        return None
+    return kind
+
+
+def ensure_replaceable(path: str | Path, kind: str, what: str, option: str = "--out",
+                       legacy: Any = None) -> bool:
+    """Refuse (exit 2) unless ``path`` is absent, an empty folder, or a ``kind`` output of ours.
+
+    Ours means: its marker names ``kind``, or (outputs written before markers existed) ``legacy``,
+    a callable on the folder, validates its content. Returns True when there is something to
+    replace. Never decides by a file's name alone.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return False
+    if path.is_symlink() or not path.is_dir():
+        raise InputError(
+            f"{option} {path} exists and is not a folder",
+            hint=f"choose a new path for the {what}; nothing was changed",
+        )
+    try:
+        empty = not any(path.iterdir())
+    except OSError as exc:
+        raise InputError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+    if empty:
+        return False
+    marked = owner_kind(path)
+    if marked == kind:
+        return True
+    if marked is None and legacy is not None:
+        try:
+            if legacy(path):
+                return True
+        except (InputError, OSError, ValueError, KeyError, TypeError):
+            pass
+    found = f"a personsearch {marked}" if marked else "a folder personsearch did not write"
+    raise InputError(
+        f"{option} {path} is {found}, not a {what}; refusing to replace it",
+        hint=f"choose a new or empty folder for the {what}; nothing in {path} was changed",
+    )
+
+
+def ensure_writable(path: str | Path, option: str = "--out", folder: bool = True) -> None:
+    """Check, before long work starts, that ``path`` (a folder, or a file when ``folder`` is False)
+    can be created: its nearest existing ancestor is a writable folder. Exit 2 otherwise."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise InputError(f"{option} {path} is a folder", hint="give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} exists and is not a folder", hint="choose another path")
+    target = path if folder and path.is_dir() else path.parent
+    probe = target
+    while not os.path.lexists(probe):
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(
+            f"cannot write {option} {path}: {probe} is a file, not a folder",
+            hint="choose a path under a folder",
+        )
+    try:
+        fd, name = tempfile.mkstemp(prefix=".personsearch-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {option} {path}: {probe} is not writable ({exc.strerror or exc})",
+            hint="choose a folder you can write to",
+        ) from None
+
+
+def safe_component(name: str, what: str = "run name", option: str = "--name") -> str:
+    """A user-given name used as one folder name: no separators, no '..', nothing hidden or odd."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or name.startswith(".") or len(name.encode("utf-8", "surrogatepass")) > 200
+            or any(ord(c) < 32 or c == "\x7f" for c in name)):
+        raise InputError(
+            f"{option} {name!r} is not a valid {what}",
+            hint="use one folder name: letters, digits, '-', '_' or '.', not starting with '.'",
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{option} {name!r} is not valid text", hint="use letters, digits, '-', '_'") from None
+    return name
