@@ -27,3 +27,12 @@ class RunFailure(PersonsearchError):
     """The input was fine but the job failed: a non-finite loss, a full disk (exit 1)."""
 
     exit_code = 1
+
+
+class Interrupted(PersonsearchError):
+    """Stopped by SIGINT or SIGTERM after saving what could be saved; exits 128 + the signal."""
+
+    def __init__(self, message: str, signal: int = 2, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.signal = signal
+        self.exit_code = 128 + signal

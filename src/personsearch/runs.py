@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from personsearch.errors import InputError
-from personsearch.io import atomic_write_text
+from personsearch.io import atomic_write_text, ensure_writable, owner_kind, safe_component, write_owner_marker
 from personsearch.settings import Settings
 
 LOGGER_NAME = "personsearch"
@@ -18,6 +18,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "log.txt"
 CHECKPOINT_DIR = "checkpoints"
+RUN_KIND = "run"
 
 
 def new_run_name(prefix: str = "run") -> str:
@@ -26,21 +27,39 @@ def new_run_name(prefix: str = "run") -> str:
 
 def create_run(settings: Settings, name: str | None = None, output_dir: str | Path | None = None,
                exist_ok: bool = False) -> Path:
-    """Make ``<output_dir>/<name>/`` and save the resolved settings in it."""
+    """Make ``<output_dir>/<name>/`` and save the resolved settings in it.
+
+    ``name`` is one folder name (never a path), so a run cannot land outside ``output_dir``; an
+    existing non-empty folder is reused only with ``exist_ok`` and only when it is a run of ours.
+    """
     parent = Path(output_dir if output_dir is not None else settings.runtime.output_dir)
-    run_dir = parent / (name or new_run_name())
-    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
-        raise InputError(
-            f"run folder {run_dir} already exists",
-            hint="choose another --name, or continue it with --resume",
-        )
+    run_dir = parent / safe_component(name or new_run_name())
+    if run_dir.exists() or run_dir.is_symlink():
+        if run_dir.is_symlink() or not run_dir.is_dir():
+            raise InputError(f"run folder {run_dir} exists and is not a folder", hint="choose another --name")
+        if any(run_dir.iterdir()):
+            if not exist_ok:
+                raise InputError(
+                    f"run folder {run_dir} already exists",
+                    hint="choose another --name, or continue it with --resume",
+                )
+            if not is_run(run_dir):
+                raise InputError(
+                    f"{run_dir} is a folder personsearch did not write as a run; refusing to reuse it",
+                    hint="choose another name or output folder; nothing in it was changed",
+                )
+    ensure_writable(run_dir, option="run folder")
     (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    write_owner_marker(run_dir, RUN_KIND)
     atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
     return run_dir
 
 
 def is_run(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+    """A run folder of ours: marked as one, or (runs written before markers) holding config.yaml."""
+    path = Path(path)
+    kind = owner_kind(path)
+    return kind == RUN_KIND or (kind is None and (path / CONFIG_FILE).is_file())
 
 
 def latest_run(output_dir: str | Path = "runs", require: str | None = None) -> Path | None:

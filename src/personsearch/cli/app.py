@@ -33,6 +33,38 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             common.stderr.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # the last line of defence: one message, never a traceback
+            if common.state.verbose:
+                raise
+            error = unexpected_error(exc)
+            common.report_error(error)
+            raise typer.Exit(error.exit_code) from None
+
+
+def unexpected_error(exc: BaseException) -> PersonsearchError:
+    """An error no verb anticipated, as one line: input-like OS errors exit 2, the rest 1."""
+    import errno
+
+    from personsearch.errors import InputError, RunFailure
+
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        text = f"cannot use{where}: {exc.strerror or exc}"
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS,
+                         errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST, errno.ENXIO):
+            return InputError(text, hint="check the path and its permissions")
+        if exc.errno == errno.ENOSPC:
+            return RunFailure(f"disk full{where}", hint="free space and run again")
+        return RunFailure(text)
+    if isinstance(exc, RecursionError):
+        return InputError("the input is nested too deeply to read", hint="simplify the file")
+    if isinstance(exc, MemoryError):
+        return RunFailure("out of memory", hint="use smaller batches or inputs")
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return RunFailure(f"unexpected {type(exc).__name__}{': ' + first if first else ''}",
+                      hint="run again with --verbose for the details, and please report it")
 
 
 app = typer.Typer(

@@ -64,9 +64,12 @@ def print_json(data: Any) -> None:
 
 
 def report_error(exc: PersonsearchError) -> None:
-    stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # Messages quote user input (paths, captions): escaped, so "[/]" in a value is shown, not parsed.
+    stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True)
     if exc.hint:
-        stderr.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        stderr.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
 
 
 def fail(exc: PersonsearchError) -> typer.Exit:

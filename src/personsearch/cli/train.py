@@ -44,8 +44,8 @@ def train(
         return
 
     from personsearch.engine.train import train as run_training
-    from personsearch.io import RunLock
-    from personsearch.runs import create_run, new_run_name, setup_logging
+    from personsearch.io import RunLock, safe_component
+    from personsearch.runs import create_run, is_run, new_run_name, setup_logging
     from personsearch.settings import load_run_settings, resolve_settings
 
     overrides: dict[str, object] = {
@@ -67,13 +67,16 @@ def train(
     if resume is not None:
         if not resume.is_dir():
             raise InputError(f"run folder not found: {resume}")
+        if not is_run(resume):
+            raise InputError(f"{resume} is not a run folder (no config.yaml written by `personsearch train`)",
+                             hint="pass the folder `personsearch train` created under runtime.output_dir")
         settings = resolve_settings(config=config, sets=sets, overrides=overrides, base=load_run_settings(resume))
         run_dir = resume
     else:
         settings = resolve_settings(config=config, sets=sets, overrides=overrides)
         if name is None and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
             raise InputError("under torchrun every process needs the same run: pass --name")
-        run_name = name or new_run_name(Path(config).stem if config else "run")
+        run_name = safe_component(name) if name is not None else new_run_name(_safe_stem(config))
         run_dir = Path(settings.runtime.output_dir) / run_name
     if settings.data.root is None:
         raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
@@ -87,24 +90,22 @@ def train(
         lock.acquire()
     try:
         if rank == 0:
-            if resume is not None:
-                from personsearch.io import atomic_write_text
-
-                atomic_write_text(run_dir / "config.yaml", settings.to_yaml())
             setup_logging(run_dir)
         if settings.model.pretrained is None and rank == 0:
             stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
                          "initialisation (fine for the demo, far from the paper's numbers)")
         callbacks, progress = training_progress(quiet=state.quiet or json_ or rank != 0)
         try:
+            # On --resume the library checks the run and loads its checkpoint before it rewrites config.yaml.
             result = run_training(settings, settings.data.root, run_dir, resume=resume is not None,
                                   callbacks=callbacks)
         finally:
             if progress is not None:
                 progress.stop()
-    except InputError:
-        # Refused before any checkpoint (bad settings or data): leave no half-made run behind.
-        if created and lock is not None and not any((run_dir / "checkpoints").iterdir()):
+    except BaseException:
+        # Refused or failed before its first checkpoint (any error, Ctrl-C included): leave no run behind.
+        if created and lock is not None and not _has_checkpoint(run_dir):
+            _close_log_handlers()
             lock.release()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -115,10 +116,46 @@ def train(
         return
     summary = {"run": str(run_dir), "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,
                "best": result.best, "last": result.last, "skipped_images": result.skipped_images}
+    if result.signal is not None:
+        summary["signal"] = result.signal
     if json_:
         print_json(summary)
-        return
-    _render_summary(summary)
+    else:
+        _render_summary(summary)
+    if result.signal is not None:
+        # Scripts must not carry on as if training had finished: 128 + signal, as a shell reports it.
+        stderr.print(f"[yellow]interrupted by signal {result.signal}[/]: the state at step {result.steps} is saved; "
+                     f"continue with `personsearch train --resume {run_dir}`")
+        raise typer.Exit(128 + result.signal)
+
+
+def _safe_stem(config: object) -> str:
+    """A default run name from the config file's name, reduced to safe characters."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(config)).stem).strip(".-") if config else ""
+    return stem[:64] or "run"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    try:
+        return folder.is_dir() and any(folder.iterdir())
+    except OSError:
+        return True  # cannot tell: keep the folder
+
+
+def _close_log_handlers() -> None:
+    """Release the run's log.txt before its folder is removed."""
+    import logging
+
+    from personsearch.runs import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def _launch_torchrun(nproc: int, name: str | None) -> None:

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.engine.train import TrainCallbacks, train
-from personsearch.errors import InputError
-from personsearch.io import atomic_write_json
+from personsearch.errors import InputError, Interrupted
+from personsearch.io import atomic_write_json, ensure_replaceable, ensure_writable, write_owner_marker
 from personsearch.settings import Settings, resolve_settings
 
 DEMO_QUERY = "a woman in a red coat"
 DEMO_CONFIG = "demo.yaml"
+DEMO_KIND = "demo"
+#: Everything a demo folder holds; an unmarked folder (from an older version) is recognised as a
+#: demo only when it holds nothing else and its data carries the demo's own record.
+_DEMO_ENTRIES = {"data", "run", "run-random", "run-attention", "query.png", ".lock", ".personsearch.json"}
 
 
 def demo_settings(sets: list[str] | None = None) -> Settings:
@@ -131,8 +135,11 @@ def run_demo(
         raise InputError(f"--ids {ids}: the demo needs at least 8 identities to split train/val/test")
     started = time.monotonic()
     out = Path(out)
+    ensure_writable(out, option="--out")
+    ensure_replaceable(out, DEMO_KIND, "demo folder", legacy=_is_legacy_demo)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
+        write_owner_marker(out, DEMO_KIND)
         _stage(hooks, f"drawing and preparing the synthetic dataset ({ids} identities)")
         data = prepare_demo_data(out, ids, seed, workers, hooks.on_data_progress)
         prepared = PreparedDataset.load(data)
@@ -154,6 +161,9 @@ def run_demo(
             tick = time.monotonic()
             callbacks = hooks.train(strategy) if hooks.train else None
             result = train(settings, data, run_dir, callbacks=callbacks)
+            if result.stopped == "interrupted":
+                raise Interrupted(f"the demo was interrupted while training ({run_dir} holds the state so far)",
+                                  signal=result.signal or 2)
             runs.append(DemoRun(strategy, run_dir, result.best or result.last, result.steps, result.epochs,
                                 time.monotonic() - tick))
 
@@ -168,6 +178,15 @@ def run_demo(
         render_query_sheet(_open_index(index), results, sheet)
         top = [{"rank": hit.rank, "score": hit.score, "path": hit.path, "pid": hit.pid} for hit in results[0].results]
     return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started)
+
+
+def _is_legacy_demo(folder: Path) -> bool:
+    names = {child.name for child in folder.iterdir()}
+    record = folder / "data" / "demo-data.json"
+    if not names <= _DEMO_ENTRIES or not record.is_file():
+        return False
+    value = json.loads(record.read_text(encoding="utf-8"))
+    return isinstance(value, dict) and set(value) == {"ids", "seed"}
 
 
 def _train_captions(prepared: Any) -> int:

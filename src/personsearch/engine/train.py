@@ -25,7 +25,7 @@ from personsearch.accel import autocast, check_precision, resolve_device
 from personsearch.engine import dist as distributed
 from personsearch.engine.evaluate import evaluate_split
 from personsearch.engine.optim import build_optimizer, build_scheduler
-from personsearch.engine.state import load_training_state, save_training_state
+from personsearch.engine.state import load_training_state, record_evaluation, save_training_state
 from personsearch.errors import InputError, RunFailure
 from personsearch.io import append_line, atomic_write_text, read_jsonl
 from personsearch.runs import CONFIG_FILE, METRICS_FILE
@@ -96,11 +96,76 @@ class TrainResult:
     stopped: str = "finished"  # finished, max_steps, max_minutes, interrupted
     skipped_images: int = 0
     model: Any = None  # the trained IRRA module (unwrapped), for Python callers
+    signal: int | None = None  # the signal that interrupted training (SIGINT 2, SIGTERM 15), if any
 
 
 class _Stop(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+#: Settings a resumed run may change: budgets, logging, evaluation and where it runs. Anything else
+#: would make the saved weights, optimizer or data order mean something else.
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.max_steps", "train.max_minutes", "train.log_period", "train.eval_period",
+    "eval.", "index.", "runtime.device", "runtime.precision", "runtime.output_dir", "data.workers",
+    "data.skip_corrupt", "data.root",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_conflicts(saved: Settings, settings: Settings) -> list[str]:
+    """Settings that differ from the run's saved ones in a way resuming cannot honour."""
+    old, new = _flatten(saved.model_dump(mode="json")), _flatten(settings.model_dump(mode="json"))
+    return [f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+
+
+class _Signals:
+    """SIGINT and SIGTERM ask training to stop at the next safe point (the state is saved, then the
+    caller exits 130/143); a second signal stops at once. DataLoader workers forked meanwhile
+    inherit the flag handler, so Ctrl-C reaching them does not kill them mid-batch."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if _main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        import os
+
+        if os.getpid() != self._pid:
+            return  # a forked worker: the main process decides
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def _pid(self) -> int:
+        return self.__dict__.setdefault("_owner", __import__("os").getpid())
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process (which saves and stops cleanly)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def epoch_batches(sampler: Any, epoch: int, batch_size: int) -> list[list[int]]:
@@ -153,7 +218,9 @@ def train(
         raise InputError(f"train.batch_size = {settings.train.batch_size} is larger than the training set "
                          f"({len(train_set)} captions)", hint="lower --set train.batch_size")
 
-    if info.is_main and not (run_dir / CONFIG_FILE).is_file():
+    if info.is_main:
+        _check_eval_split(prepared, settings.eval.split)
+    if info.is_main and not resume and not (run_dir / CONFIG_FILE).is_file():
         atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())  # every verb that takes a run reads it
     seed = settings.runtime.seed
     torch.manual_seed(seed)
@@ -168,22 +235,21 @@ def train(
     best: dict[str, float] = {}
     last: dict[str, float] = {}
     skipped_total = 0
+    pending_eval = None
     if resume:
-        checkpoint = load_training_state(run_dir)
+        # Everything is checked and loaded before the run is touched: a refused resume changes nothing.
+        checkpoint = _check_resume(run_dir, settings, prepared)
         if checkpoint is None:
             log.warning("no complete checkpoint in %s yet; starting from the beginning", run_dir)
         else:
-            model.load_state_dict(checkpoint.model_state())
-            optimizer.load_state_dict(checkpoint.optimizer_state(optimizer))
-            scheduler.load_state_dict(checkpoint.meta["scheduler"])
-            start_epoch = checkpoint.epoch
-            step = checkpoint.step
-            batch_in_epoch = int(checkpoint.meta.get("batch_in_epoch", 0))
-            best = dict(checkpoint.meta.get("best", {}))
-            last = dict(checkpoint.meta.get("metrics", {}))
-            skipped_total = int(checkpoint.meta.get("skipped_images", 0))
+            (start_epoch, step, batch_in_epoch, best, last,
+             skipped_total) = _load_resume_state(run_dir, checkpoint, model, optimizer, scheduler)
+            if checkpoint.meta.get("pending_eval") is True and batch_in_epoch == 0 and start_epoch > 0:
+                pending_eval = checkpoint
             log.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, step)
-            if info.is_main:
+        if info.is_main:
+            atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
+            if checkpoint is not None:
                 _forget_metrics_after(run_dir / METRICS_FILE, step)
 
     trained = model
@@ -203,32 +269,60 @@ def train(
         raise InputError(f"data.sampler = {settings.data.sampler!r}: {exc}") from None
     started = time.monotonic()
     budget_s = settings.train.max_minutes * 60 if settings.train.max_minutes else None
-    interrupted = {"flag": False}
+    signals = _Signals().__enter__()
+    saved_at: list[tuple[int, int] | None] = [(start_epoch, batch_in_epoch) if step else None]
 
-    def _on_sigterm(*_: Any) -> None:
-        interrupted["flag"] = True
-
-    previous_term = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
-
-    def checkpoint_now(epoch: int, batch_done: int, metrics: dict[str, float], is_best: bool) -> None:
+    def checkpoint_now(epoch: int, batch_done: int, metrics: dict[str, float], is_best: bool,
+                       pending: bool = False) -> Any:
+        saved_at[0] = (epoch, batch_done)
         if not info.is_main:
-            return
+            return None
         meta = {
             "epoch": epoch, "step": step, "batch_in_epoch": batch_done, "metrics": metrics, "best": best,
             "scheduler": scheduler.state_dict(), "settings_hash": settings.fingerprint(),
             "tokenizer": prepared.tokenizer_fingerprint, "data": prepared.fingerprint,
-            "num_classes": prepared.num_train_ids, "skipped_images": skipped_total,
+            "num_classes": prepared.num_train_ids, "skipped_images": skipped_total, "pending_eval": pending,
         }
-        save_training_state(run_dir, model, optimizer, meta, best=is_best)
+        return save_training_state(run_dir, model, optimizer, meta, best=is_best)
+
+    def evaluate_saved(saved: Any, epoch: int) -> None:
+        """Evaluate the weights just saved, then record the result beside them (a failure here
+        leaves the checkpoint as it is: trained weights are never lost to an evaluation)."""
+        nonlocal best
+        metrics = evaluate_now(epoch)
+        if saved is None or not metrics:
+            return
+        is_best = metrics.get("R1", -1.0) > best.get("R1", -1.0)
+        if is_best:
+            best = {"epoch": epoch + 1, **metrics}
+        record_evaluation(run_dir, saved, metrics, best, is_best)
+
+    def eval_tick(count: int) -> None:
+        if signals.received is not None:
+            raise _Stop("interrupted")
+        if callbacks.eval_progress:
+            callbacks.eval_progress(count)
 
     def evaluate_now(epoch: int) -> dict[str, float]:
-        nonlocal best, last
+        nonlocal last
         if not info.is_main:
             return {}
         if callbacks.on_eval_start:
             callbacks.on_eval_start(epoch)
-        result = evaluate_split(model.base_model, prepared, settings.eval.split, settings, device=device,
-                                precision=precision, progress=callbacks.eval_progress)
+        try:
+            result = evaluate_split(model.base_model, prepared, settings.eval.split, settings, device=device,
+                                    precision=precision, progress=eval_tick)
+        except (_Stop, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if signals.received is not None:  # a worker hit by the same Ctrl-C: an interruption, not a failure
+                raise _Stop("interrupted") from None
+            detail = exc.message if isinstance(exc, InputError | RunFailure) else f"{type(exc).__name__}: {exc}"
+            raise RunFailure(
+                f"evaluation on the {settings.eval.split} split failed after epoch {epoch + 1}: {detail}; "
+                f"the trained weights are saved in {run_dir}",
+                hint=f"fix the cause, then `personsearch train --resume {run_dir}` evaluates and continues",
+            ) from exc
         metrics = result.t2i
         last = metrics
         record = {"epoch": epoch + 1, "step": step, "split": settings.eval.split, **metrics}
@@ -245,13 +339,15 @@ def train(
     # Where a resumed run would continue: (epoch, batches of it whose optimizer step is done).
     resume_at = (start_epoch, batch_in_epoch)
     try:
+        if pending_eval is not None:  # the run stopped (or failed) while evaluating its last checkpoint
+            evaluate_saved(pending_eval, start_epoch - 1)
         for epoch in range(start_epoch, settings.train.epochs):
             batches = epoch_batches(sampler, epoch, per_rank_batch)
             first = batch_in_epoch if epoch == start_epoch else 0
             keys = [[(index, derive_seed(seed, epoch, b * per_rank_batch + j, 2)) for j, index in enumerate(batch)]
                     for b, batch in enumerate(batches)]
             loader = DataLoader(loader_items, batch_sampler=keys[first:], num_workers=settings.data.workers,
-                                collate_fn=collate, persistent_workers=False,
+                                collate_fn=collate, persistent_workers=False, worker_init_fn=_ignore_interrupts,
                                 pin_memory=device.type == "cuda")
             if callbacks.on_epoch_start:
                 callbacks.on_epoch_start(epoch, len(batches), first)
@@ -303,39 +399,99 @@ def train(
                         for key, value in values.items():
                             tensorboard.add_scalar(f"train/{key}", value, step)
                         tensorboard.add_scalar("train/lr", report.lr, step)
-                reason = _budget_reason(settings, step, started, budget_s, interrupted["flag"])
+                reason = _budget_reason(settings, step, started, budget_s, signals.received is not None)
                 if distributed.broadcast_flag(reason is not None, info):
                     raise _Stop(reason or "stopped on another rank")
             scheduler.step()
             batch_in_epoch = 0
             resume_at = (epoch + 1, 0)
-            metrics: dict[str, float] = {}
-            is_best = False
-            if (epoch + 1) % settings.train.eval_period == 0 or epoch + 1 == settings.train.epochs:
-                metrics = evaluate_now(epoch)
-                is_best = bool(metrics) and metrics.get("R1", -1.0) > best.get("R1", -1.0)
-                if is_best:
-                    best = {"epoch": epoch + 1, **metrics}
-            checkpoint_now(epoch + 1, 0, metrics, is_best or not best)
+            due = (epoch + 1) % settings.train.eval_period == 0 or epoch + 1 == settings.train.epochs
+            saved = checkpoint_now(epoch + 1, 0, {}, not best, pending=due)
+            if due:
+                evaluate_saved(saved, epoch)
             distributed.barrier(info)
     except _Stop as stop:
         stopped = stop.reason
-        metrics = evaluate_now(epoch)
-        is_best = bool(metrics) and metrics.get("R1", -1.0) > best.get("R1", -1.0)
-        if is_best:
-            best = {"epoch": epoch + 1, **metrics}
-        checkpoint_now(*resume_at, metrics, is_best or not best)
+        if stopped == "interrupted" or signals.received is not None:
+            stopped = "interrupted"
+            if saved_at[0] != resume_at:  # interrupted during an evaluation: its checkpoint is already saved
+                checkpoint_now(*resume_at, last, False)
+        else:
+            saved = checkpoint_now(*resume_at, {}, not best, pending=True)
+            evaluate_saved(saved, epoch)
     except KeyboardInterrupt:
         stopped = "interrupted"
-        checkpoint_now(*resume_at, last, False)
+        if saved_at[0] != resume_at:
+            checkpoint_now(*resume_at, last, False)
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        signals.__exit__()
         if tensorboard is not None:
             tensorboard.close()
         distributed.shutdown_distributed()
     epochs_done = epoch + 1 if stopped == "finished" else epoch
-    return TrainResult(run_dir, epochs_done, step, best, last, stopped, skipped_total, model)
+    received = (signals.received or int(signal.SIGINT)) if stopped == "interrupted" else None
+    return TrainResult(run_dir, epochs_done, step, best, last, stopped, skipped_total, model, received)
+
+
+def _check_eval_split(prepared: Any, split: str) -> None:
+    """Refuse before training, not after the first epoch, when the evaluation split is unusable."""
+    stats = prepared.statistics.get(split) if isinstance(prepared.statistics, dict) else None
+    if not stats or not stats.get("images") or not stats.get("captions"):
+        have = ", ".join(name for name, value in prepared.statistics.items() if value and value.get("images"))
+        raise InputError(
+            f"eval.split = {split!r}: the prepared dataset {prepared.path} has no {split} images or captions",
+            hint=f"choose a split it has ({have or 'none'}) with --set eval.split=...",
+        )
+
+
+def _check_resume(run_dir: Path, settings: Settings, prepared: Any) -> Any:
+    """The checkpoint to resume from, after checking it belongs to these settings and this data."""
+    from personsearch.settings import load_run_settings
+
+    saved = load_run_settings(run_dir)
+    conflicts = resume_conflicts(saved, settings)
+    if conflicts:
+        shown = "; ".join(conflicts[:6]) + (f"; and {len(conflicts) - 6} more" if len(conflicts) > 6 else "")
+        raise InputError(f"cannot resume {run_dir}: settings differ from the run's ({shown})",
+                         hint="resume with the run's settings, or start a new run with --name")
+    checkpoint = load_training_state(run_dir)
+    if checkpoint is None:
+        return None
+    meta = checkpoint.meta
+    if meta.get("num_classes") not in (None, prepared.num_train_ids):
+        raise InputError(f"cannot resume {run_dir}: it was trained on {meta.get('num_classes')} identities, "
+                         f"the dataset {prepared.path} has {prepared.num_train_ids}",
+                         hint="resume with the prepared dataset the run was started on")
+    if meta.get("data") not in (None, prepared.fingerprint):
+        raise InputError(f"cannot resume {run_dir}: the dataset {prepared.path} (fingerprint {prepared.fingerprint}) "
+                         f"is not the one the run was trained on ({meta.get('data')})",
+                         hint="resume with the prepared dataset the run was started on")
+    return checkpoint
+
+
+def _load_resume_state(run_dir: Path, checkpoint: Any, model: Any, optimizer: Any, scheduler: Any) -> tuple:
+    """Weights, optimizer and schedule from ``checkpoint``; one clear message when they do not fit."""
+    meta = checkpoint.meta
+    try:
+        model.load_state_dict(checkpoint.model_state())
+        optimizer.load_state_dict(checkpoint.optimizer_state(optimizer))
+        scheduler.load_state_dict(meta["scheduler"])
+        start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        batch_in_epoch = int(meta.get("batch_in_epoch", 0))
+        best, last = dict(meta.get("best") or {}), dict(meta.get("metrics") or {})
+        skipped = int(meta.get("skipped_images", 0))
+        if min(start_epoch, step, batch_in_epoch, skipped) < 0:
+            raise ValueError("negative counters")
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"cannot resume {run_dir}: its checkpoint {checkpoint.path} is damaged or does not match this "
+            f"model ({first})",
+            hint="resume with the settings the run was started with; if the checkpoint is damaged, start a new run",
+        ) from None
+    return start_epoch, step, batch_in_epoch, best, last, skipped
 
 
 def _forget_metrics_after(path: Path, step: int) -> None:
