@@ -82,15 +82,16 @@ def train(
         raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
 
     lock = RunLock(run_dir) if rank == 0 else None
-    created = False
+    created = existed = False
     if lock is not None:
         if resume is None:
+            existed = run_dir.is_dir()  # an empty folder the user made: emptied again on failure, kept
             create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
             created = True
         lock.acquire()
     try:
-        if rank == 0:
-            setup_logging(run_dir)
+        if rank == 0 and resume is None:
+            setup_logging(run_dir)  # a resumed run's log is opened by the library once its checks pass
         if settings.model.pretrained is None and rank == 0:
             stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
                          "initialisation (fine for the demo, far from the paper's numbers)")
@@ -107,11 +108,16 @@ def train(
         if created and lock is not None and not _has_checkpoint(run_dir):
             _close_log_handlers()
             lock.release()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if existed:
+                for child in run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         if lock is not None:
             lock.release()
+        _close_log_handlers()
     if rank != 0:
         return
     summary = {"run": str(run_dir), "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,

@@ -28,7 +28,7 @@ from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.state import load_training_state, record_evaluation, save_training_state
 from personsearch.errors import InputError, RunFailure
 from personsearch.io import append_line, atomic_write_text, read_jsonl
-from personsearch.runs import CONFIG_FILE, METRICS_FILE
+from personsearch.runs import CONFIG_FILE, METRICS_FILE, setup_logging
 from personsearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ def train(
                 pending_eval = checkpoint
             log.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, step)
         if info.is_main:
+            setup_logging(run_dir)
             atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
             if checkpoint is not None:
                 _forget_metrics_after(run_dir / METRICS_FILE, step)
@@ -456,6 +457,12 @@ def _check_resume(run_dir: Path, settings: Settings, prepared: Any) -> Any:
                          hint="resume with the run's settings, or start a new run with --name")
     checkpoint = load_training_state(run_dir)
     if checkpoint is None:
+        folder = run_dir / "checkpoints"
+        saved = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+        if saved:  # weights were saved but no state can be read: starting over would overwrite them
+            raise InputError(f"cannot resume {run_dir}: it holds checkpoints ({', '.join(saved[:4])}) but no "
+                             "readable training state; the run is damaged",
+                             hint="evaluate or export its weights as they are, or start a new run with --name")
         return None
     meta = checkpoint.meta
     if meta.get("num_classes") not in (None, prepared.num_train_ids):
@@ -480,8 +487,10 @@ def _load_resume_state(run_dir: Path, checkpoint: Any, model: Any, optimizer: An
         batch_in_epoch = int(meta.get("batch_in_epoch", 0))
         best, last = dict(meta.get("best") or {}), dict(meta.get("metrics") or {})
         skipped = int(meta.get("skipped_images", 0))
-        if min(start_epoch, step, batch_in_epoch, skipped) < 0:
-            raise ValueError("negative counters")
+        if min(start_epoch, step, batch_in_epoch, skipped) < 0 or max(start_epoch, step, batch_in_epoch) >= 2**53:
+            raise ValueError(f"counters out of range (epoch {start_epoch}, step {step})")
+        if checkpoint.path.name != f"state-{step:08d}":
+            raise ValueError(f"its step {step} does not match the folder name")
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
