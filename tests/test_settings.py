@@ -187,3 +187,33 @@ def test_help_and_config_show_do_not_import_torch():
 def test_version_flag():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and "personsearch" in result.stdout
+
+
+def test_bounds_leave_room_for_real_models_and_the_shipped_configs():
+    """The bounds leave room for every real CLIP: B/32, L/14 at 336, bigG/14."""
+    for config in [*sorted((REPO / "configs").glob("*.yaml")), REPO / "src" / "personsearch" / "demo.yaml"]:
+        resolve_settings(config=config, environ={})
+    arches = [
+        ("[384, 128]", 32, dict(embed_dim=512, vision_width=768, vision_layers=12, vision_heads=12, patch_size=32)),
+        ("[336, 336]", 14, dict(embed_dim=768, vision_width=1024, vision_layers=24, vision_heads=16, patch_size=14,
+                                text_width=768, text_layers=12, text_heads=12)),
+        ("[224, 224]", 14, dict(embed_dim=1280, vision_width=1664, vision_layers=48, vision_heads=16, patch_size=14,
+                                text_width=1280, text_layers=32, text_heads=20)),
+    ]
+    for size, stride, arch in arches:
+        sets = ["model.pretrained=null", f"model.image_size={size}", f"model.stride={stride}"]
+        sets += [f"model.arch.{key}={value}" for key, value in arch.items()]
+        resolve_settings(sets=sets, environ={})
+    edge = ["runtime.seed=4294967295", "optim.betas=[0, 0.9999]", "masking.ratio=1", "train.batch_size=100000",
+            "model.text_length=77", "model.vocab_size=49408", "data.workers=0", "optim.momentum=0"]
+    resolve_settings(sets=edge, environ={})
+
+
+def test_vocab_and_context_bounds_match_the_tokenizer():
+    from personsearch.settings import MAX_TEXT_LENGTH, TOKENIZER_VOCAB
+    from personsearch.text import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    assert TOKENIZER_VOCAB == tokenizer.vocab_size == Settings().model.vocab_size
+    assert max(tokenizer.mask_token_id, tokenizer.sot_token_id, tokenizer.eot_token_id) == TOKENIZER_VOCAB - 1
+    assert MAX_TEXT_LENGTH == Settings().model.text_length == 77

@@ -36,8 +36,8 @@ class _Group(TyperGroup):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # the last line of defence: one message, never a traceback
-            if common.state.verbose:
-                raise
+            if common.state.verbose or type(exc).__module__.startswith(("click", "typer")):
+                raise  # the command-line parser's own usage errors (exit 2) and exits
             error = unexpected_error(exc)
             common.report_error(error)
             raise typer.Exit(error.exit_code) from None

@@ -19,12 +19,12 @@ def demo(
     minutes: Annotated[
         float, typer.Option("--minutes", min=0.05, help="Training budget (wall minutes) per run.")
     ] = 7.0,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for data and training.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for data and training.")] = 0,
     masking: Annotated[str, typer.Option("--masking", help="attention (AGM) or random (IRRA).")] = "attention",
     compare_masking: Annotated[bool, typer.Option(
         "--compare-masking", help="Train random and attention-guided masking with the same seed and budget.")] = False,
-    ids: Annotated[int, typer.Option("--ids", min=8, help="Identities in the synthetic dataset.")] = 800,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes for drawing and loading.")] = 2,
+    ids: Annotated[int, typer.Option("--ids", min=8, max=100_000, help="Identities in the synthetic dataset.")] = 800,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="Worker processes for drawing and loading.")] = 2,
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:

@@ -40,7 +40,7 @@ def explain_mask(
         str | None,
         typer.Option("--weights", help="CLIP weights instead of a run: a file, folder or name (ViT-B/16)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the masking draw.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the masking draw.")] = 0,
     layers: Annotated[
         int | None, typer.Option("--layers", min=1, help="Average EOT attention over the last N layers.")
     ] = None,
