@@ -74,7 +74,7 @@ def test_deterministic_and_atomic(tmp_path, monkeypatch):
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     prepare_dataset("CUHK-PEDES", tmp_path, out, workers=3)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
-    assert sorted(first) == ["manifest.json", "tokens.npy"]
+    assert sorted(first) == [".personsearch.json", "manifest.json", "tokens.npy"]  # the owner marker
 
     def full_disk(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -100,14 +100,21 @@ def test_refuses_to_replace_foreign_folders(tmp_path):
 
 
 def test_raw_dataset_inside_output_is_kept(tmp_path):
-    out = tmp_path / "synthetic"
-    root = write_raw(out / "raw", "CUHK-PEDES", standard_records("CUHK-PEDES", {"train": [1, 2]}))
+    from personsearch.data.synthetic import generate_raw_dataset
+
+    out = tmp_path / "synthetic"  # the `prepare synthetic` layout: out/raw drawn by the tool
+    root = out / "raw"
+    generate_raw_dataset(root, ids=3, seed=0)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     for _ in range(2):
         prepare_dataset("CUHK-PEDES", root, out)
     after = sorted(p.relative_to(out) for p in out.rglob("*"))
-    assert after == sorted(before + [Path("manifest.json"), Path("tokens.npy")])
-    assert PreparedDataset.load(out).num_train_ids == 2
+    assert after == sorted(before + [Path(".personsearch.json"), Path("manifest.json"), Path("tokens.npy")])
+    assert PreparedDataset.load(out).num_train_ids == 1
+    user = tmp_path / "user"  # a raw dataset the user put there: never mixed with outputs
+    write_raw(user / "raw", "CUHK-PEDES", standard_records("CUHK-PEDES", {"train": [1, 2]}))
+    with pytest.raises(InputError, match="contains the raw dataset"):
+        prepare_dataset("CUHK-PEDES", user / "raw", user)
 
 
 def test_strict_and_check(tmp_path):

@@ -84,7 +84,7 @@ def test_another_seed_draws_another_dataset(tmp_path: Path, records: list[dict])
 
 def test_cuhk_pedes_layout(raw_pair: tuple[Path, Path], records: list[dict]) -> None:
     root = raw_pair[0]
-    assert sorted(p.name for p in root.iterdir()) == ["attributes.json", "imgs", "reid_raw.json"]
+    assert sorted(p.name for p in root.iterdir()) == [".personsearch.json", "attributes.json", "imgs", "reid_raw.json"]
     per_id: dict[int, list[dict]] = {}
     for record in records:
         assert set(record) == {"split", "captions", "file_path", "processed_tokens", "id"}

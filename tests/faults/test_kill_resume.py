@@ -87,12 +87,13 @@ def _env() -> dict[str, str]:
         pytest.param("personsearch.io:_exchange", 0, "before", True, id="before-swap"),
         # swapped in, the old one not yet removed
         pytest.param("personsearch.io:_exchange", 0, "after", True, id="after-swap"),
-        # without an atomic exchange: before moving the old aside
-        pytest.param("os:replace", 0, "before", False, id="fallback-before", marks=pytest.mark.slow),
+        # without an atomic exchange (os.replace call 1 writes the owner marker inside the new
+        # folder): before moving the old aside
+        pytest.param("os:replace", 1, "before", False, id="fallback-before", marks=pytest.mark.slow),
         # ... between moving the old aside and the new in place
-        pytest.param("os:replace", 0, "after", False, id="fallback-mid"),
+        pytest.param("os:replace", 1, "after", False, id="fallback-mid"),
         # ... the new in place, the old not yet removed
-        pytest.param("os:replace", 1, "after", False, id="fallback-after", marks=pytest.mark.slow),
+        pytest.param("os:replace", 2, "after", False, id="fallback-after", marks=pytest.mark.slow),
     ],
 )
 def test_prepare_killed_keeps_the_previous_output_and_a_rerun_completes(
@@ -107,7 +108,7 @@ def test_prepare_killed_keeps_the_previous_output_and_a_rerun_completes(
     raw_before = tree_digest(synthetic_raw)
 
     assert run_killed(spec, after, when, *args, exchange=exchange) == -signal.SIGKILL
-    if exchange or after != 0 or when != "after":
+    if exchange or (after, when) != (1, "after"):
         assert out.is_dir(), "the prepared dataset vanished"
         assert tree_digest(out) == good
         assert PreparedDataset.load(out).fingerprint
@@ -140,7 +141,7 @@ def test_a_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
 def test_prepare_killed_on_a_first_run_leaves_no_partial_output(synthetic_raw, tmp_path):
     out = tmp_path / "prepared"
     args = ("prepare", "CUHK-PEDES", "--root", synthetic_raw, "--out", out, "--workers", "1")
-    assert run_killed("os:replace", 0, "before", *args) == -signal.SIGKILL
+    assert run_killed("os:replace", 1, "before", *args) == -signal.SIGKILL  # call 1: the owner marker
     assert not out.exists() or not any(out.iterdir())
     run_cli(*args)
     assert (out / "manifest.json").is_file()

@@ -78,21 +78,29 @@ def prepare(
             from personsearch.data import synthetic as synthetic_data
         except ImportError as exc:
             raise RunFailure(f"the synthetic dataset generator is not available ({exc})") from None
+        from personsearch.data.prepared import check_output
+        from personsearch.io import ensure_writable
 
         if out is None:
             raise InputError("--out is required for `prepare synthetic`")
         raw = root if root is not None else out / "raw"
+        # Every refusal before the drawing, which takes minutes at full size.
+        synthetic_data.check_raw_target(raw, "--root" if root is not None else "--out (its raw/ folder)")
+        if not check:
+            check_output(out, raw, synthetic_raw=True)
+        if preview is not None:
+            ensure_writable(preview, "--preview", folder=False)
         quiet = common.state.quiet or json_
         status = contextlib.nullcontext() if quiet else common.stderr.status("drawing the synthetic dataset")
         with status:
             synthetic_data.generate_raw_dataset(raw, ids if ids is not None else 800, seed or 0, workers)
-        if preview is not None:
-            synthetic_data.write_preview(raw, preview, seed or 0)
         dataset = "CUHK-PEDES"
 
     report = prepare_dataset(
         dataset, raw, out, strict=strict, verify=verify, workers=workers, check_only=check
     )
+    if synthetic and preview is not None:
+        synthetic_data.write_preview(raw, preview, seed or 0)  # after prepare: never inside what it swaps
     if json_:
         common.print_json(report.to_json())
         return

@@ -17,9 +17,15 @@ A prepared dataset is a folder with two files; raw images stay where they are:
     int32 ``[num_captions, context_length]``: ``SOT + bpe + EOT`` rows, zero-padded, cut at the
     context length with EOT last.
 
+``.personsearch.json``
+    the owner marker (``personsearch.io``): only a folder carrying it (or, written before
+    markers, a manifest of ours) is ever replaced.
+
 The files are deterministic (same input, same bytes) and written atomically: into a fresh
 folder swapped in whole, or, when the output folder also holds other things (a synthetic raw
 dataset under ``raw/``), file by file with the manifest last; ``tokens_sha256`` ties the two.
+The output is never inside the raw dataset, and holds it only in the synthetic layout.
+``PreparedDataset.load`` checks every field it hands on, so a damaged file is one message.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +46,26 @@ from personsearch.data.formats import (
     FormatSpec,
     Problem,
     Record,
+    _safe_relative,
     default_workers,
+    describe,
+    int_fault,
     locate_annotation,
+    parse_int,
     read_annotations,
     resolve_format,
+    shown,
 )
 from personsearch.errors import InputError
-from personsearch.io import atomic_directory, atomic_write_bytes
+from personsearch.io import (
+    OWNER_MARKER,
+    atomic_directory,
+    atomic_write_bytes,
+    ensure_replaceable,
+    ensure_writable,
+    owner_kind,
+    write_owner_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +74,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 TOKENS = "tokens.npy"
 SPLIT_ORDER = ("train", "val", "test")
+OWNER_KIND = "prepared-dataset"  # the owner marker's kind (personsearch.io)
 
 
 @dataclass
@@ -143,41 +164,139 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_within(inner: Path, outer: Path) -> bool:
-    return inner == outer or inner.is_relative_to(outer)
+# ------------------------------------------------------------------ where the output may go
+
+_LEGACY_HEAD = re.compile(rb'\A\s*\{\s*"kind"\s*:\s*"personsearch\.prepared"\s*,\s*"version"\s*:\s*(\d{1,6})\s*[,}]')
+_OWN_FILES = {MANIFEST, TOKENS, OWNER_MARKER, ".lock"}
 
 
-def _write(out: Path, raw_root: Path, files: dict[str, bytes]) -> None:
-    """Swap in a whole new folder when ``out`` holds nothing else; otherwise write file by file
-    with the manifest last, keeping the other contents. Never replaces a foreign folder."""
-    out = out.expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    resolved = out.resolve()
-    if resolved == raw_root:
+def is_legacy_prepared(folder: Path) -> bool:
+    """A prepared dataset written before owner markers, recognised by content: its manifest
+    parses, names our kind and a version this one reads."""
+    path = Path(folder) / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with open(path, "rb") as handle:
+            match = _LEGACY_HEAD.match(handle.read(512))
+        if match is None or not 1 <= int(match.group(1)) <= VERSION:
+            return False  # not worth parsing: the previous version always wrote kind and version first
+        manifest = _parse_manifest(path)
+    except (InputError, OSError):
+        return False
+    version = manifest.get("version")
+    return manifest.get("kind") == KIND and type(version) is int and 1 <= version <= VERSION
+
+
+def _is_synthetic_raw(folder: Path) -> bool:
+    from personsearch.data.synthetic.writer import SYNTHETIC_KIND, is_legacy_synthetic
+
+    return owner_kind(folder) == SYNTHETIC_KIND or is_legacy_synthetic(folder)
+
+
+def check_output(out: str | Path, raw: str | Path, synthetic_raw: bool | None = None) -> str:
+    """Refuse, before any long work, an output folder that would modify the raw dataset ``raw``
+    or replace something this tool did not write; returns how to write it: ``"swap"`` (a new
+    folder swapped in whole) or ``"files"`` (file by file, keeping the other contents).
+
+    ``out`` may hold the raw dataset only in the synthetic layout (``out/raw``, drawn by
+    ``prepare synthetic``); ``synthetic_raw`` says whether ``raw`` is such a folder (None: look).
+    """
+    out = Path(out).expanduser().absolute()
+    real = out.resolve()  # symlinks followed: an --out that leads into the raw tree is caught
+    raw = Path(raw).expanduser().resolve()
+    try:
+        str(raw).encode("utf-8")  # the manifest records it
+    except UnicodeEncodeError:
         raise InputError(
-            f"--out {out} is the raw dataset folder; choose a separate folder for the prepared dataset"
+            f"the raw dataset path {shown(str(raw))} is not valid UTF-8; the manifest cannot record it",
+            hint="rename the folder (or a folder above it) to a UTF-8 name",
+        ) from None
+    if real == raw:
+        raise InputError(
+            f"--out {out} is the raw dataset folder; choose a separate folder for the prepared dataset",
+            hint="the raw dataset is an input and is never modified; nothing was changed",
         )
-    contents = {child.name for child in out.iterdir()} if out.is_dir() else set()
-    ours = {MANIFEST, TOKENS, ".lock"}
-    if not contents or (MANIFEST in contents and contents <= ours):
-        if MANIFEST in contents:
-            _read_manifest(out)  # refuse to replace a folder whose manifest is not ours
+    if real.is_relative_to(raw):
+        raise InputError(
+            f"--out {out} is inside the raw dataset folder {raw}; choose a folder outside it",
+            hint="the raw dataset is an input and is never modified; nothing was changed",
+        )
+    if raw.is_relative_to(real):
+        if synthetic_raw is None:
+            synthetic_raw = _is_synthetic_raw(raw)
+        top = raw.relative_to(real).parts[0]
+        ours = owner_kind(real) == OWNER_KIND or is_legacy_prepared(real)
+        children = {child.name for child in real.iterdir()} if real.is_dir() else set()
+        if not synthetic_raw or not (ours or children <= {top}):
+            raise InputError(
+                f"--out {out} contains the raw dataset {raw}; writing there would mix the prepared "
+                "dataset with its input (and replacing the folder would delete the raw data)",
+                hint="choose a folder outside the raw dataset; nothing was changed",
+            )
+        ensure_writable(real)
+        return "files"
+    existing = ensure_replaceable(out, OWNER_KIND, "prepared dataset", legacy=is_legacy_prepared)
+    ensure_writable(out)
+    if existing and {child.name for child in out.iterdir()} - _OWN_FILES:
+        return "files"  # ours, but it also holds other things (a synthetic raw/, notes): keep them
+    return "swap"
+
+
+def _write(out: Path, raw: Path, files: dict[str, bytes]) -> None:
+    """Swap in a whole new folder, or write file by file with the manifest last (see
+    ``check_output``, asked again here: the folder may have changed during the long work)."""
+    out = out.expanduser().absolute()
+    if check_output(out, raw) == "swap":
         with atomic_directory(out) as tmp:
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
+            write_owner_marker(tmp, OWNER_KIND)
         return
-    if MANIFEST not in contents and not _is_within(raw_root, resolved):
-        raise InputError(
-            f"--out {out} is a non-empty folder that is not a prepared dataset; refusing to replace it",
-            hint="choose a new or empty folder",
-        )
-    if MANIFEST in contents:
-        _read_manifest(out)
+    folder = out.resolve()
     for name, data in files.items():
         if name != MANIFEST:
-            atomic_write_bytes(out / name, data)
-    atomic_write_bytes(out / MANIFEST, files[MANIFEST])
+            atomic_write_bytes(folder / name, data)
+    write_owner_marker(folder, OWNER_KIND)
+    atomic_write_bytes(folder / MANIFEST, files[MANIFEST])
+
+
+# ------------------------------------------------------------------ prepare
+
+
+def _drop_wordless(
+    records: list[Record], lengths: list[int], problems: list[Problem]
+) -> tuple[list[Record], np.ndarray]:
+    """Captions that tokenize to nothing (``&nbsp;``, characters the cleaning removes) are empty
+    captions: reported like them. Returns the records left and the token rows they keep."""
+    kept: list[Record] = []
+    rows: list[int] = []
+    row = 0
+    for record in records:
+        captions = []
+        for number, caption in enumerate(record.captions):
+            if lengths[row] > 2:  # more than SOT + EOT
+                captions.append(caption)
+                rows.append(row)
+            else:
+                problems.append(Problem(record.entry, shown(record.source), f"caption {number} is empty (no words)"))
+            row += 1
+        if captions:
+            record.captions = captions
+            kept.append(record)
+        elif record.captions:
+            problems.append(Problem(record.entry, shown(record.source), "no usable caption; entry skipped"))
+    problems.sort(key=lambda problem: problem.entry)
+    return kept, np.asarray(rows, dtype=np.int64)
+
+
+def _refuse_problems(problems: list[Problem], annotation: Path) -> None:
+    first = problems[0]
+    raise InputError(
+        f"{len(problems)} problem(s) in {annotation}; "
+        f"first: entry {first.entry} ({first.path or 'no path'}): {first.problem}",
+        hint="fix the entries, or drop --strict to skip them",
+    )
 
 
 def prepare_dataset(
@@ -195,6 +314,8 @@ def prepare_dataset(
 
     Problems (bad records, unusable images, empty captions) are reported and their entries
     skipped; ``strict`` turns any problem into an InputError; ``check_only`` writes nothing.
+    ``out`` is checked first (never inside the raw dataset, never a folder this tool did not
+    write), so a refusal comes before the long work.
     """
     from personsearch.text import default_tokenizer
 
@@ -204,9 +325,27 @@ def prepare_dataset(
         raise InputError(
             "an output folder is needed to write the prepared dataset", hint="pass --out DIR or --check"
         )
+    if not check_only:
+        check_output(Path(out), folder)
     records, problems = read_annotations(
         spec, folder, annotation, verify=verify, workers=workers or default_workers(), progress=progress
     )
+    if strict and problems:
+        _refuse_problems(problems, annotation)
+    tokenizer = default_tokenizer()
+    lengths: list[int] = []
+    tokens = tokenizer.token_matrix(
+        [caption for record in records for caption in record.captions],
+        context_length=context_length,
+        truncate=True,
+        dtype=np.int32,
+        full_lengths=lengths,
+    )
+    if any(length <= 2 for length in lengths):
+        records, rows = _drop_wordless(records, lengths, problems)
+        tokens, lengths = tokens[rows], [lengths[row] for row in rows.tolist()]
+        if strict:
+            _refuse_problems(problems, annotation)
     report = PrepareReport(
         spec.name,
         folder,
@@ -214,23 +353,11 @@ def prepare_dataset(
         _split_counts(records, spec.splits),
         problems,
     )
-    if strict and problems:
-        first = problems[0]
-        raise InputError(
-            f"{len(problems)} problem(s) in {annotation}; "
-            f"first: entry {first.entry} ({first.path or 'no path'}): {first.problem}",
-            hint="fix the entries, or drop --strict to skip them",
-        )
     if not records:
         raise InputError(f"{annotation}: no usable entries ({len(problems)} problem(s)); nothing to prepare")
     if not any(record.split == "train" for record in records):
         log.warning("%s has no usable training entries", annotation)
     entries, captions, num_train_ids = _build_entries(records, spec.splits)
-    tokenizer = default_tokenizer()
-    lengths: list[int] = []
-    tokens = tokenizer.token_matrix(
-        captions, context_length=context_length, truncate=True, dtype=np.int32, full_lengths=lengths
-    )
     report.truncated_captions = sum(length > context_length for length in lengths)
     tokens_blob = _npy_bytes(tokens)
     tokens_sha = hashlib.sha256(tokens_blob).hexdigest()
@@ -256,11 +383,73 @@ def prepare_dataset(
         "problems": [problem.to_dict() for problem in problems],
         "entries": entries,
     }
+    # Every string in it was checked to be valid Unicode (captions, paths) or made printable
+    # (problem paths), so encoding cannot fail on a lone surrogate.
     manifest_blob = (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     _write(Path(out), folder, {TOKENS: tokens_blob, MANIFEST: manifest_blob})
     report.written = True
     log.info("prepared %s: %d images, %d captions -> %s", spec.name, len(entries), len(captions), out)
     return report
+
+
+# ------------------------------------------------------------------ reading it back
+
+MAX_MANIFEST_BYTES = 1 << 30
+_REQUIRED = {
+    "dataset": str,
+    "raw_root": str,
+    "tokenizer": str,
+    "fingerprint": str,
+    "tokens_sha256": str,
+    "context_length": int,
+    "num_train_ids": int,
+    "splits": dict,
+    "problems": list,
+    "entries": list,
+}
+_ENTRY_FIELDS = {
+    "entry": int,
+    "split": str,
+    "id": int,
+    "pid": int,
+    "image_id": int,
+    "path": str,
+    "captions": list,
+    "row": int,
+}
+
+
+class _Damaged(Exception):
+    """One defect of a prepared dataset's files (turned into the InputError ``_damaged`` makes)."""
+
+
+def _damaged(file: Path, detail: str) -> InputError:
+    return InputError(
+        f"this prepared dataset is damaged: {file}: {detail}; re-run `personsearch prepare`",
+        hint=f"prepare writes it afresh from the raw dataset: personsearch prepare NAME --root RAW --out {file.parent}",
+    )
+
+
+def _parse_manifest(path: Path) -> dict[str, Any]:
+    """The manifest as a dict; InputError when it cannot be one (huge ints, NaN and the like
+    are kept as values for ``_check_manifest`` to name)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise _damaged(path, f"it is {size / 2**30:.1f} GiB, over the 1 GiB a manifest may be")
+        text = path.read_bytes().decode("utf-8")
+        manifest = json.loads(text, parse_int=parse_int)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"not UTF-8 text (byte offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(path, f"unreadable JSON ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise InputError(f"{path} is not a personsearch prepared-dataset manifest")
+    return manifest
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -270,13 +459,102 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path} is not a prepared dataset (no {MANIFEST})",
             hint="create one with `personsearch prepare NAME --root RAW --out DIR`",
         )
+    return _parse_manifest(manifest_path)
+
+
+def _text_fault(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character"
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+        return "is not valid Unicode text"
+    return None
+
+
+def _check_field(where: str, key: str, value: Any, kind: type) -> None:
+    if kind is int:
+        fault = int_fault(value)
+    elif not isinstance(value, kind):
+        fault = f"is {describe(value)}, expected {'text' if kind is str else kind.__name__}"
+    else:
+        fault = _text_fault(value) if kind is str else None
+    if fault:
+        raise _Damaged(f"{where}{key!r} {fault}")
+
+
+def _check_manifest(manifest: dict[str, Any]) -> int:
+    """Raise ``_Damaged`` naming the first field that is missing, of the wrong type or out of
+    range; returns the number of token rows the entries need."""
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise _Damaged(f"it lacks {', '.join(missing)}")
+    for key, kind in _REQUIRED.items():
+        _check_field("field ", key, manifest[key], kind)
+    if not 2 <= manifest["context_length"] <= 4096:
+        raise _Damaged(f"field 'context_length' is {manifest['context_length']}, expected 2..4096")
+    if not Path(manifest["raw_root"]).is_absolute():
+        raise _Damaged(f"field 'raw_root' {shown(manifest['raw_root'])!r} is not an absolute path")
+    for split, counts in manifest["splits"].items():
+        if not isinstance(counts, dict):
+            raise _Damaged(f"splits[{shown(split)!r}] is {describe(counts)}, expected an object")
+        for key, value in counts.items():
+            fault = int_fault(value)
+            if fault or value < 0:
+                raise _Damaged(f"splits[{shown(split)!r}][{shown(str(key))!r}] {fault or 'is negative'}")
+    num_train_ids = manifest["num_train_ids"]
+    if not 0 <= num_train_ids <= len(manifest["entries"]):
+        raise _Damaged(f"field 'num_train_ids' is {num_train_ids}, outside 0..{len(manifest['entries'])}")
+    rows = 0
+    for number, item in enumerate(manifest["entries"]):
+        where = f"entries[{number}] "
+        if not isinstance(item, dict):
+            raise _Damaged(f"{where}is {describe(item)}, expected an object")
+        for key, kind in _ENTRY_FIELDS.items():
+            if key not in item:
+                raise _Damaged(f"{where}lacks {key!r}")
+            _check_field(where, key, item[key], kind)
+        if item["split"] not in SPLIT_ORDER:
+            raise _Damaged(f"{where}'split' is {shown(item['split'])!r}, expected one of {', '.join(SPLIT_ORDER)}")
+        if item["split"] == "train" and not 0 <= item["pid"] < num_train_ids:
+            raise _Damaged(f"{where}'pid' is {item['pid']}, outside 0..{num_train_ids - 1} (the training identities)")
+        if item["entry"] < 0 or item["image_id"] < 0:
+            raise _Damaged(f"{where}has a negative 'entry' or 'image_id'")
+        if _safe_relative(item["path"]) != item["path"]:
+            raise _Damaged(f"{where}'path' {shown(item['path'])!r} is absolute or leaves the raw dataset folder")
+        captions = item["captions"]
+        if not captions:
+            raise _Damaged(f"{where}has no captions")
+        for index, caption in enumerate(captions):
+            _check_field(where, f"captions[{index}]", caption, str)
+        if item["row"] != rows:
+            raise _Damaged(f"{where}'row' is {item['row']}, expected {rows} (rows follow the entries in order)")
+        rows += len(captions)
+    return rows
+
+
+def _read_tokens(tokens_path: Path, manifest: dict[str, Any], rows: int, vocab_size: int) -> np.ndarray:
+    """tokens.npy, checked against the manifest: hash, dtype, shape and id range."""
+    context = manifest["context_length"]
+    if not tokens_path.is_file():
+        raise _damaged(tokens_path, "the file is missing")
+    size = tokens_path.stat().st_size
+    expected = rows * context * 4
+    if not expected <= size <= expected + (1 << 16):  # the .npy header is at most a few hundred bytes
+        need = f"{rows:,} rows of {context} int32 need {expected:,} bytes plus a header"
+        raise _damaged(tokens_path, f"it is {size:,} bytes; {need} (interrupted write?)")
+    blob = tokens_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != manifest["tokens_sha256"]:
+        raise _damaged(tokens_path, f"it does not match {MANIFEST} (interrupted write?)")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{manifest_path} is unreadable ({exc}); re-run `personsearch prepare`") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise InputError(f"{manifest_path} is not a personsearch prepared-dataset manifest")
-    return manifest
+        tokens = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _damaged(tokens_path, f"not a readable .npy array ({exc})") from None
+    if not isinstance(tokens, np.ndarray) or tokens.dtype != np.int32:
+        raise _damaged(tokens_path, f"its dtype is {getattr(tokens, 'dtype', type(tokens).__name__)}, expected int32")
+    if tokens.shape != (rows, context):
+        raise _damaged(tokens_path, f"its shape is {tokens.shape}, expected ({rows}, {context})")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise _damaged(tokens_path, f"it holds token ids outside 0..{vocab_size - 1}")
+    return tokens
 
 
 class PreparedDataset:
@@ -312,57 +590,36 @@ class PreparedDataset:
     def load(
         cls, path: str | Path, raw_root: str | Path | None = None, check_tokenizer: bool = True
     ) -> PreparedDataset:
-        """Open ``path``; ``raw_root`` overrides the recorded image location (a moved dataset)."""
+        """Open ``path``; ``raw_root`` overrides the recorded image location (a moved dataset).
+
+        Every field training, evaluation and export use is checked here, so a damaged or
+        hand-edited dataset is one message naming the file, not a traceback later."""
         from personsearch.text import default_tokenizer
 
         path = Path(path).expanduser()
         if not path.is_dir():
             raise InputError(f"prepared dataset not found: {path}", hint="run `personsearch prepare` first")
         manifest = _read_manifest(path)
-        if manifest.get("version") != VERSION:
+        version = manifest.get("version")
+        if type(version) is not int:
+            raise _damaged(path / MANIFEST, f"field 'version' is {describe(version)}, expected int")
+        if version != VERSION:
             raise InputError(
-                f"{path} was prepared by format version {manifest.get('version')}; "
-                f"this version reads {VERSION}",
+                f"{path} was prepared by format version {version}; this version reads {VERSION}",
                 hint="re-run `personsearch prepare`",
             )
-        missing = [
-            key
-            for key in (
-                "dataset",
-                "raw_root",
-                "tokenizer",
-                "fingerprint",
-                "entries",
-                "splits",
-                "num_train_ids",
-                "context_length",
-                "problems",
-                "tokens_sha256",
-            )
-            if key not in manifest
-        ]
-        if missing:
-            raise InputError(f"{path / MANIFEST} lacks {', '.join(missing)}; re-run `personsearch prepare`")
+        try:
+            rows = _check_manifest(manifest)
+        except _Damaged as exc:
+            raise _damaged(path / MANIFEST, str(exc)) from None
         tokenizer = default_tokenizer()
         if check_tokenizer and manifest["tokenizer"] != tokenizer.fingerprint:
             raise InputError(
-                f"{path} was prepared with another tokenizer ({manifest['tokenizer']}, this one is "
+                f"{path} was prepared with another tokenizer ({shown(manifest['tokenizer'])}, this one is "
                 f"{tokenizer.fingerprint})",
                 hint="re-run `personsearch prepare` to tokenize the captions again",
             )
-        tokens_path = path / TOKENS
-        if not tokens_path.is_file():
-            raise InputError(f"{tokens_path} is missing; re-run `personsearch prepare`")
-        blob = tokens_path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != manifest["tokens_sha256"]:
-            raise InputError(f"{tokens_path} does not match {MANIFEST} (interrupted write?); re-run prepare")
-        tokens = np.load(io.BytesIO(blob), allow_pickle=False)
-        expected = sum(len(item["captions"]) for item in manifest["entries"])
-        if tokens.ndim != 2 or tokens.shape != (expected, manifest["context_length"]):
-            raise InputError(
-                f"{tokens_path} has shape {tokens.shape}, expected ({expected}, "
-                f"{manifest['context_length']}); re-run prepare"
-            )
+        tokens = _read_tokens(path / TOKENS, manifest, rows, tokenizer.vocab_size)
         root = Path(raw_root).expanduser().resolve() if raw_root is not None else Path(manifest["raw_root"])
         if not root.is_dir():
             log.warning("raw image folder %s of %s is missing; pass raw_root= if it moved", root, path)

@@ -10,16 +10,26 @@ from personsearch.data.synthetic.attributes import (
 )
 from personsearch.data.synthetic.captioner import caption_pair, tokenize_caption, write_caption
 from personsearch.data.synthetic.renderer import IMAGE_SIZE, RenderedImage, encode_jpeg, render_person
-from personsearch.data.synthetic.writer import generate_raw_dataset, split_sizes, write_preview
+from personsearch.data.synthetic.writer import (
+    SYNTHETIC_KIND,
+    check_raw_target,
+    generate_raw_dataset,
+    is_legacy_synthetic,
+    split_sizes,
+    write_preview,
+)
 
 __all__ = [
     "ATTRIBUTE_NAMES",
     "IMAGE_SIZE",
     "VERBALISATIONS",
     "RenderedImage",
+    "SYNTHETIC_KIND",
     "caption_pair",
+    "check_raw_target",
     "encode_jpeg",
     "generate_raw_dataset",
+    "is_legacy_synthetic",
     "render_person",
     "sample_identities",
     "split_sizes",

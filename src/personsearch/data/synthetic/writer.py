@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,7 +29,13 @@ from personsearch.data.synthetic.attributes import ATTRIBUTE_NAMES, sample_ident
 from personsearch.data.synthetic.captioner import caption_pair, tokenize_caption
 from personsearch.data.synthetic.renderer import encode_jpeg, render_person
 from personsearch.errors import InputError
-from personsearch.io import atomic_directory, atomic_write_text
+from personsearch.io import (
+    atomic_directory,
+    atomic_write_text,
+    ensure_replaceable,
+    ensure_writable,
+    write_owner_marker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +108,54 @@ def _results(jobs: list[_Job], workers: int) -> Iterator[_Result]:
         yield from pool.imap(_render_job, jobs, chunksize=16)
 
 
-def _check_target(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root} exists and is not a folder", hint="choose another --root")
-    if root.is_dir() and any(root.iterdir()) and not (root / "attributes.json").is_file():
-        raise InputError(
-            f"{root} is not empty and does not hold a synthetic dataset; refusing to replace it",
-            hint="choose an empty or new folder for the raw synthetic data",
+SYNTHETIC_KIND = "synthetic-raw"  # the owner marker's kind (personsearch.io)
+_WRITTEN = {"imgs", "reid_raw.json", "attributes.json"}
+_IMAGE_NAME = re.compile(r"p\d{5}_s\d\.jpg")
+
+
+def is_legacy_synthetic(root: Path) -> bool:
+    """A synthetic raw dataset drawn before owner markers, recognised strictly by content (never
+    by one file's name): exactly the files the writer writes, JPEGs named as it names them, and
+    an ``attributes.json`` of the synthetic schema naming every image."""
+    root = Path(root)
+    folder = root / "imgs" / IMAGE_FOLDER
+    try:
+        if {child.name for child in root.iterdir()} != _WRITTEN:
+            return False
+        if [child.name for child in (root / "imgs").iterdir()] != [IMAGE_FOLDER]:
+            return False
+        if any(path.is_symlink() for path in (root / "imgs", folder, root / "reid_raw.json", root / "attributes.json")):
+            return False
+        images = set()
+        for child in folder.iterdir():
+            if child.is_symlink() or not child.is_file() or not _IMAGE_NAME.fullmatch(child.name):
+                return False
+            images.add(f"{IMAGE_FOLDER}/{child.name}")
+        with open(root / "reid_raw.json", "rb") as handle:
+            if not handle.read(64).lstrip().startswith(b"["):
+                return False
+        attributes_path = root / "attributes.json"
+        if not images or attributes_path.stat().st_size > 1024 * len(images):  # ~250 bytes an image
+            return False
+        attributes = json.loads(attributes_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    names = set(ATTRIBUTE_NAMES)
+    return (
+        isinstance(attributes, dict)
+        and set(attributes) == images
+        and all(
+            isinstance(values, dict) and set(values) == names and all(isinstance(v, str) for v in values.values())
+            for values in attributes.values()
         )
+    )
+
+
+def check_raw_target(root: Path, option: str = "--root") -> None:
+    """Refuse (exit 2), before drawing, a ``root`` that is not new, empty or a synthetic raw
+    dataset this tool drew (marked, or recognised by content), or that cannot be written."""
+    ensure_replaceable(root, SYNTHETIC_KIND, "synthetic raw dataset", option=option, legacy=is_legacy_synthetic)
+    ensure_writable(root, option)
 
 
 def generate_raw_dataset(
@@ -121,7 +168,8 @@ def generate_raw_dataset(
     """Draw ``ids`` identities (2-6 images each, 2 captions per image) into ``root``.
 
     ``progress(done, total)`` is called after each image, for a progress bar. An existing
-    synthetic dataset at ``root`` is replaced whole; any other non-empty folder is refused.
+    synthetic dataset at ``root`` (marked, see ``personsearch.io``) is replaced whole; any
+    other non-empty folder is refused before anything is drawn.
     """
     root = Path(root)
     if isinstance(ids, bool) or not isinstance(ids, int) or ids < 3:
@@ -130,7 +178,7 @@ def generate_raw_dataset(
         raise InputError(f"--seed {seed!r}: must be a non-negative integer")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers {workers!r}: must be at least 1")
-    _check_target(root)
+    check_raw_target(root)
 
     jobs = _jobs(ids, seed)
     attributes = {job[0]: job[2] for job in jobs}
@@ -158,38 +206,43 @@ def generate_raw_dataset(
                 progress(done, len(jobs))
         atomic_write_text(tmp / "reid_raw.json", json.dumps(records) + "\n")
         atomic_write_text(tmp / "attributes.json", json.dumps(attribute_map, indent=1) + "\n")
+        write_owner_marker(tmp, SYNTHETIC_KIND)
     logger.info("wrote %s", root)
 
 
 def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
+    from personsearch.data.formats import _safe_relative, iter_annotation_list
+
     path = Path(raw_root) / "reid_raw.json"
     if not path.is_file():
         raise InputError(f"{path} not found", hint="point at a raw dataset folder holding reid_raw.json")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(records, list) or not records:
-        raise InputError(f"{path} must hold a non-empty JSON list of entries")
-    for number, entry in enumerate(records):
+    records = []
+    for number, entry in enumerate(iter_annotation_list(path)):  # bounded memory, clear messages
         if not (
             isinstance(entry, dict)
-            and isinstance(entry.get("id"), int)
+            and type(entry.get("id")) is int
             and isinstance(entry.get("file_path"), str)
+            and _safe_relative(entry["file_path"]) is not None
+            and "\x00" not in entry["file_path"]
             and isinstance(entry.get("captions"), list)
         ):
             raise InputError(
-                f"{path}: entry {number} lacks an integer 'id', a 'file_path' or a 'captions' list"
+                f"{path}: entry {number} lacks an integer 'id', a relative 'file_path' or a 'captions' list"
             )
+        records.append(entry)
+    if not records:
+        raise InputError(f"{path} must hold a non-empty JSON list of entries")
     return records
 
 
 def write_preview(raw_root: Path, out_png: Path, seed: int = 0, rows: int = 6) -> None:
     """A contact sheet of ``rows`` sampled identities: their images, and one caption under them."""
+    from personsearch.data.formats import shown
     from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
 
     if rows < 1:
         raise InputError(f"preview rows {rows!r}: must be at least 1")
+    ensure_writable(out_png, "--preview", folder=False)
     raw_root = Path(raw_root)
     by_id: dict[int, list[Mapping[str, Any]]] = {}
     for entry in _read_records(raw_root):
@@ -198,7 +251,7 @@ def write_preview(raw_root: Path, out_png: Path, seed: int = 0, rows: int = 6) -
     sheet_rows = []
     for pid in chosen:
         entries = by_id[pid]
-        captions = [c for c in entries[0]["captions"] if isinstance(c, str)]
+        captions = [shown(c, 300) for c in entries[0]["captions"] if isinstance(c, str)]
         tiles = [SheetTile(raw_root / "imgs" / entry["file_path"]) for entry in entries]
         caption = f"id {pid}: {captions[0]}" if captions else f"id {pid}"
         sheet_rows.append(SheetRow(caption=caption, tiles=tiles))
