@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from personsearch.cli.app import app
 from personsearch.engine.models import load_trained
 from personsearch.errors import InputError
+from personsearch.io import sha256_file
 from personsearch.retrieval.export import discover_images, export_images
 from personsearch.retrieval.index import GalleryIndex
 from personsearch.retrieval.query import search_text
@@ -57,10 +58,10 @@ def other_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
             k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
             for k, v in state.items()
         }
-        save_file(nudged, str(weights))
+        save_file(nudged, str(weights), metadata={"format": "personsearch-checkpoint"})
         meta_path = weights.with_suffix(".json")
         meta = json.loads(meta_path.read_text())
-        meta.pop("weights_sha256", None)
+        meta["weights_sha256"] = sha256_file(weights)  # as further training would record it
         meta_path.write_text(json.dumps(meta))
     return run
 
@@ -410,7 +411,7 @@ def test_export_refuses_foreign_out_and_replaces_an_index(trained_run, prepared_
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine", encoding="utf-8")
     result = runner.invoke(app, ["export", str(trained_run), "--images", str(images), "--out", str(foreign)])
-    assert result.exit_code == 2 and "not a personsearch index" in result.output
+    assert result.exit_code == 2 and "not a gallery index" in " ".join(result.output.split())
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -3,14 +3,24 @@ and ``checkpoints/``; plus the helpers every verb shares to find, log to and see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from personsearch.errors import InputError
-from personsearch.io import atomic_write_text, ensure_writable, owner_kind, safe_component, write_owner_marker
+from personsearch.io import (
+    RunLock,
+    atomic_write_text,
+    ensure_writable,
+    owner_kind,
+    safe_component,
+    write_owner_marker,
+)
 from personsearch.settings import Settings
 
 LOGGER_NAME = "personsearch"
@@ -53,6 +63,81 @@ def create_run(settings: Settings, name: str | None = None, output_dir: str | Pa
     write_owner_marker(run_dir, RUN_KIND)
     atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
     return run_dir
+
+
+@contextlib.contextmanager
+def held_run(settings: Settings, run_dir: str | Path, new: bool, writer: bool = True) -> Iterator[Path]:
+    """Create (``new``) and lock a run for training; on any failure before its first checkpoint,
+    Ctrl-C included, remove everything this call created, so the same name can be used again.
+
+    ``writer`` is False on the other ranks of a distributed run: they neither create nor lock.
+    """
+    run_dir = Path(run_dir)
+    if not writer:
+        yield run_dir
+        return
+    existed = run_dir.is_dir()  # an empty folder the user made: emptied again on failure, kept
+    made = _missing_ancestors(run_dir.parent)  # parents this run creates, removed with it on failure
+    if new:
+        create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+        if new:
+            setup_logging(run_dir)  # a resumed run's log is opened once its checks pass
+        yield run_dir
+    except BaseException:
+        if new and not _has_checkpoint(run_dir):
+            close_run_log()
+            lock.release()
+            _remove_new_run(run_dir, existed, made)
+        raise
+    finally:
+        lock.release()
+        close_run_log()
+
+
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    folder = folder.absolute()
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    folder = run_dir / CHECKPOINT_DIR
+    try:
+        return folder.is_dir() and any(not child.name.startswith(".") for child in folder.iterdir())
+    except OSError:
+        return True  # cannot tell: keep the folder
+
+
+def _remove_new_run(run_dir: Path, existed: bool, made: list[Path]) -> None:
+    if existed:
+        for child in run_dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in made:
+        try:
+            parent.rmdir()  # only while empty
+        except OSError:
+            break
+
+
+def close_run_log() -> None:
+    """Detach and close the run's log.txt handler (before its folder is removed, or when done)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def is_run(path: str | Path) -> bool:

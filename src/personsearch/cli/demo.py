@@ -24,7 +24,8 @@ def demo(
     compare_masking: Annotated[bool, typer.Option(
         "--compare-masking", help="Train random and attention-guided masking with the same seed and budget.")] = False,
     ids: Annotated[int, typer.Option("--ids", min=8, max=100_000, help="Identities in the synthetic dataset.")] = 800,
-    workers: Annotated[int, typer.Option("--workers", min=0, max=256, help="Worker processes for drawing and loading.")] = 2,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, max=256, help="Worker processes for drawing and loading.")] = 2,
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:

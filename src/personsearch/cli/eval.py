@@ -35,10 +35,12 @@ def evaluate(
     from personsearch.engine.evaluate import evaluate_split, sheet_rows
     from personsearch.engine.models import load_trained
     from personsearch.io import append_line
-    from personsearch.retrieval.sheet import render_contact_sheet
+    from personsearch.retrieval.sheet import check_sheet_path, render_contact_sheet
 
     if split not in ("test", "val"):
         raise InputError(f"--split {split!r}: choose test or val")
+    if sheet is not None:
+        check_sheet_path(sheet, "--sheet")  # before the evaluation, not after it
     model = load_trained(run)
     settings = model.settings
     if workers is not None:

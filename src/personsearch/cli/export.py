@@ -49,7 +49,7 @@ def export(
 
     from personsearch.accel import check_precision, resolve_device
     from personsearch.engine.models import load_trained
-    from personsearch.retrieval.export import export_images
+    from personsearch.retrieval.export import check_out, export_images
 
     if (images is None) == (data is None):
         raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
@@ -57,6 +57,7 @@ def export(
         raise InputError("--data needs --split (train, val or test)")
     if images is not None and split is not None:
         raise InputError("--split applies to --data only")
+    check_out(out, append)  # a foreign or unwritable --out is refused before the model loads
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     model = load_trained(run)

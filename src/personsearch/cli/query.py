@@ -77,8 +77,11 @@ def query(
         read_queries,
         render_query_sheet,
     )
+    from personsearch.retrieval.sheet import check_sheet_path
     from personsearch.settings import resolve_settings
 
+    if sheet is not None:
+        check_sheet_path(sheet, "--sheet")  # before the index and the model are loaded
     given = list(texts or [])
     if given:
         given = clean_queries(given)
@@ -93,6 +96,10 @@ def query(
     index_path, automatic = find_index(index, resolve_settings().runtime.output_dir)
     if automatic:
         stderr.print(Text(f"using index {index_path}", style="dim"))
+    if sheet is not None and _inside(sheet, index_path):
+        raise InputError(
+            f"--sheet {sheet} lies inside the index {index_path}", hint="write the sheet outside the index folder"
+        )
     gallery = GalleryIndex.open(index_path, verify=verify)
     model = model_for_index(gallery, run)
     features, truncated = encode_queries(model, given, device=torch_device, precision=precision)
@@ -125,6 +132,13 @@ def query(
         stderr.print(f"FAISS recall@{k} against exact search: {recall:.3f} over {len(given)} queries")
     if sheet is not None:
         stderr.print(Text(f"sheet written to {sheet}"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    import os
+
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _table(result: Any, gallery_size: int) -> None:

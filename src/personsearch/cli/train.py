@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +43,8 @@ def train(
         return
 
     from personsearch.engine.train import train as run_training
-    from personsearch.io import RunLock, safe_component
-    from personsearch.runs import create_run, is_run, new_run_name, setup_logging
+    from personsearch.io import safe_component
+    from personsearch.runs import held_run, is_run, new_run_name
     from personsearch.settings import load_run_settings, resolve_settings
 
     overrides: dict[str, object] = {
@@ -55,6 +54,9 @@ def train(
     if data is not None:
         if not data.exists():
             raise InputError(f"prepared dataset not found: {data}", hint="run `personsearch prepare` first")
+        if not data.is_dir():
+            raise InputError(f"--data {data} is a file, not a prepared dataset folder",
+                             hint="pass the folder `personsearch prepare --out` wrote")
         overrides["data.root"] = str(data.resolve())
     sets = list(set_ or [])
     if pretrained is not None:
@@ -81,17 +83,7 @@ def train(
     if settings.data.root is None:
         raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
 
-    lock = RunLock(run_dir) if rank == 0 else None
-    created = existed = False
-    if lock is not None:
-        if resume is None:
-            existed = run_dir.is_dir()  # an empty folder the user made: emptied again on failure, kept
-            create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
-            created = True
-        lock.acquire()
-    try:
-        if rank == 0 and resume is None:
-            setup_logging(run_dir)  # a resumed run's log is opened by the library once its checks pass
+    with held_run(settings, run_dir, new=resume is None, writer=rank == 0):
         if settings.model.pretrained is None and rank == 0:
             stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
                          "initialisation (fine for the demo, far from the paper's numbers)")
@@ -103,21 +95,6 @@ def train(
         finally:
             if progress is not None:
                 progress.stop()
-    except BaseException:
-        # Refused or failed before its first checkpoint (any error, Ctrl-C included): leave no run behind.
-        if created and lock is not None and not _has_checkpoint(run_dir):
-            _close_log_handlers()
-            lock.release()
-            if existed:
-                for child in run_dir.iterdir():
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            else:
-                shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        _close_log_handlers()
     if rank != 0:
         return
     summary = {"run": str(run_dir), "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,
@@ -141,27 +118,6 @@ def _safe_stem(config: object) -> str:
 
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(config)).stem).strip(".-") if config else ""
     return stem[:64] or "run"
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    folder = run_dir / "checkpoints"
-    try:
-        return folder.is_dir() and any(folder.iterdir())
-    except OSError:
-        return True  # cannot tell: keep the folder
-
-
-def _close_log_handlers() -> None:
-    """Release the run's log.txt before its folder is removed."""
-    import logging
-
-    from personsearch.runs import LOGGER_NAME
-
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            logger.removeHandler(handler)
-            handler.close()
 
 
 def _launch_torchrun(nproc: int, name: str | None) -> None:

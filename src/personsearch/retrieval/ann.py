@@ -9,7 +9,6 @@ Needs ``pip install personsearch[faiss]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -80,7 +79,7 @@ def build_faiss(
     Trains on ``train_rows`` rows drawn at random (seeded), adds all rows in order so FAISS ids
     equal gallery rows. ``nprobe`` is the default number of inverted lists searched.
     """
-    from personsearch.retrieval.index import HEADER_NAME, GalleryIndex, _clean_unlisted
+    from personsearch.retrieval.index import HEADER_NAME, GalleryIndex, _clean_unlisted, _read_header
 
     faiss = _faiss()
     gallery = GalleryIndex.open(index_dir, verify=True)
@@ -116,7 +115,7 @@ def build_faiss(
         "trained_on": int(chosen.size),
     }
     with RunLock(folder):
-        header = json.loads((folder / HEADER_NAME).read_text(encoding="utf-8"))
+        header = _read_header(folder)
         if header["count"] != n:
             raise InputError(f"{folder} changed while the FAISS index was being built; build it again")
         entry = _save(folder, header, index, settings)
@@ -152,7 +151,12 @@ def _load(gallery: GalleryIndex) -> Any:
                 f"{gallery.path} has no FAISS index", hint="build one with build_faiss (export --faiss)"
             )
         faiss = _faiss()
-        gallery._faiss = faiss.deserialize_index(np.fromfile(gallery.path / entry["file"], dtype=np.uint8))
+        try:
+            gallery._faiss = faiss.deserialize_index(np.fromfile(gallery.path / entry["file"], dtype=np.uint8))
+        except (RuntimeError, OSError, ValueError) as exc:
+            from personsearch.retrieval.index import damaged
+
+            raise damaged(gallery.path, f"FAISS file {entry['file']} cannot be read ({_reason(exc)})") from None
     return gallery._faiss
 
 

@@ -13,8 +13,10 @@ interrupted export leaves the index exactly as it was.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +29,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from personsearch.accel import autocast, check_precision
 from personsearch.errors import InputError
-from personsearch.io import RunLock
-from personsearch.retrieval.index import HEADER_NAME, GalleryIndex, IndexEntry, append_to_index, write_index
+from personsearch.io import RunLock, ensure_replaceable, ensure_writable
+from personsearch.retrieval.index import (
+    INDEX_KIND,
+    GalleryIndex,
+    IndexEntry,
+    append_locked,
+    is_index_folder,
+    path_problem,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,34 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 #: Called with the number of files finished (embedded or skipped) after each batch.
 Progress = Callable[[int], None]
+
+_NOT_REGULAR = "not a regular file (a FIFO, socket, device or folder); left unread"
+_NOT_UTF8 = "name is not valid UTF-8 text; rename it to index it"
+
+
+def shown(path: str) -> str:
+    """``path`` as valid text for reports and JSON: an undecodable byte becomes U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_out(out: str | Path, append: bool = False) -> bool:
+    """Check ``--out`` before any long work: refuse (exit 2) a folder that is not an index this
+    tool wrote (also with ``append``), a path that cannot be created, or a name that is not UTF-8
+    text. Returns True when there is an index there to replace or append to."""
+    out = Path(os.path.abspath(out))
+    if not _utf8(str(out)):
+        raise InputError(f"--out {shown(str(out))} is not valid UTF-8 text", hint="choose a path with a UTF-8 name")
+    existing = ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder)
+    ensure_writable(out, "--out", folder=True)
+    return existing
 
 
 @dataclass
@@ -96,19 +134,26 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
     """Image files under ``root`` (recursive, sorted by relative path) and the entries left out.
 
     Symbolic links (to files or folders) are followed only while they stay inside ``root``; a
-    link pointing outside, a broken link and a folder loop are reported as skipped.
+    link pointing outside, a broken link and a link or folder loop are reported as skipped. So are
+    special files named like images (a FIFO, socket, device: never opened, so they cannot hang the
+    export) and names that are not UTF-8 text (the index and its JSON hold text only).
     """
     root = Path(os.path.abspath(root))
     if not root.is_dir():
-        raise InputError(f"image folder not found: {root}", hint="pass --images DIR, a folder of images")
+        raise InputError(f"image folder not found: {shown(str(root))}", hint="pass --images DIR, a folder of images")
+    if not _utf8(str(root)):
+        raise InputError(
+            f"image folder {shown(str(root))} has a name that is not valid UTF-8 text",
+            hint="rename it (the index records the image folder as text)",
+        )
     real_root = os.path.realpath(root)
     found: list[tuple[str, Path]] = []
     skipped: list[tuple[str, str]] = []
     seen_dirs = {real_root}
 
     def walk_error(exc: OSError) -> None:
-        where = Path(exc.filename).relative_to(root).as_posix() if exc.filename else "?"
-        skipped.append((where, f"cannot list folder: {exc.strerror or exc}"))
+        where = os.path.relpath(exc.filename, root) if exc.filename else "?"
+        skipped.append((shown(Path(where).as_posix()), f"cannot list folder: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=walk_error):
         base = Path(folder)
@@ -116,6 +161,9 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
         for name in sorted(dirs):
             full = base / name
             rel = full.relative_to(root).as_posix()
+            if not _utf8(name):
+                skipped.append((shown(rel) + "/", f"folder {_NOT_UTF8}"))
+                continue
             real = os.path.realpath(full)
             if not _inside(real, real_root):
                 skipped.append((rel + "/", "symbolic link points outside the image folder"))
@@ -130,18 +178,39 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
                 continue
             full = base / name
             rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                real = os.path.realpath(full)
-                if not os.path.exists(real):
-                    skipped.append((rel, "broken symbolic link"))
-                    continue
-                if not _inside(real, real_root):
-                    skipped.append((rel, "symbolic link points outside the image folder"))
-                    continue
+            if not _utf8(name):
+                skipped.append((shown(rel), f"file {_NOT_UTF8}"))
+                continue
+            _, reason = _inspect(full, real_root, parents_inside=True)
+            if reason is not None:
+                skipped.append((rel, reason))
+                continue
             found.append((rel, full))
     found.sort(key=lambda item: item[0])
     skipped.sort()
     return [full for _, full in found], skipped
+
+
+def _inspect(full: Path, real_root: str, parents_inside: bool) -> tuple[os.stat_result | None, str | None]:
+    """The stat of ``full`` when it is a regular file inside the root, else why it cannot be
+    indexed. Looked up with stat only, never opened. ``parents_inside``: its folder is known to lie
+    inside the root (the walk checked it), so only a link at the file itself is resolved."""
+    try:
+        link = full.is_symlink()
+        info = os.stat(full)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symbolic link loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and full.is_symlink():
+            return None, "broken symbolic link"
+        return None, f"cannot read: {exc.strerror or exc}"
+    except ValueError:
+        return None, "cannot read: invalid file name"
+    if (link or not parents_inside) and not _inside(os.path.realpath(full), real_root):
+        return None, "symbolic link points outside the image folder"
+    if not stat.S_ISREG(info.st_mode):
+        return None, _NOT_REGULAR
+    return info, None
 
 
 def _gallery_from_folder(images: str | Path) -> _Gallery:
@@ -156,6 +225,11 @@ def _gallery_from_prepared(prepared: Any, split: str) -> _Gallery:
     if not isinstance(prepared, PreparedDataset):
         prepared = PreparedDataset.load(prepared)
     root = Path(os.path.abspath(prepared.raw_root))
+    if not _utf8(str(root)):
+        raise InputError(
+            f"the image folder {shown(str(root))} of {prepared.path} has a name that is not valid UTF-8 text",
+            hint="rename it (the index records the image folder as text)",
+        )
     seen: set[str] = set()
     files: list[Path] = []
     pids: list[int | None] = []
@@ -181,15 +255,26 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         from personsearch.data.transforms import ImageLoadError, load_rgb
+        from personsearch.retrieval.sheet import NotRegularFile, open_regular
 
         try:
-            return i, self.transform(load_rgb(self.files[i])), None
-        except ImageLoadError as exc:
-            reason = str(exc)
-            prefix = f"{self.files[i]}: "
-            return i, None, reason[len(prefix) :] if reason.startswith(prefix) else reason
-        except (OSError, ValueError, RuntimeError) as exc:
-            return i, None, f"cannot be converted ({exc})"
+            handle = open_regular(self.files[i])  # never blocks: a FIFO swapped in is refused
+        except NotRegularFile:
+            return i, None, _NOT_REGULAR
+        except OSError as exc:
+            reason = "symbolic link loop" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            return i, None, f"cannot be opened: {reason}"
+        except ValueError as exc:
+            return i, None, f"cannot be opened: {exc}"
+        with handle:
+            try:
+                return i, self.transform(load_rgb(handle)), None  # type: ignore[arg-type]
+            except ImageLoadError as exc:
+                reason = str(exc)
+                prefix = f"{handle}: "
+                return i, None, reason[len(prefix) :] if reason.startswith(prefix) else reason
+            except (OSError, ValueError, RuntimeError) as exc:
+                return i, None, f"cannot be converted ({exc})"
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict[str, Any]:
@@ -264,34 +349,24 @@ def _embed_batches(
 
 
 def _describe(gallery: _Gallery) -> tuple[list[Path], list[IndexEntry]]:
-    """Stat every file now (before it is read); files that vanished are skipped."""
+    """Stat every file now (before it is read); files that vanished, special files and paths that
+    leave the image root (a prepared dataset's entry with '..', a link pointing out) are skipped."""
     files: list[Path] = []
     entries: list[IndexEntry] = []
+    real_root = os.path.realpath(gallery.root)
     for file, pid in zip(gallery.files, gallery.pids, strict=True):
-        try:
-            stat = file.stat()
-        except OSError as exc:
-            rel = os.path.relpath(file, gallery.root)
-            gallery.skipped.append((Path(rel).as_posix(), f"cannot read: {exc.strerror or exc}"))
+        rel = Path(os.path.relpath(file, gallery.root)).as_posix()
+        problem = path_problem(rel)
+        if problem is not None:
+            gallery.skipped.append((shown(rel), f"path {problem}: outside the image folder"))
             continue
-        rel = file.relative_to(gallery.root).as_posix()
+        info, reason = _inspect(file, real_root, parents_inside=False)
+        if info is None:
+            gallery.skipped.append((rel, reason or "cannot read"))
+            continue
         files.append(file)
-        entries.append(IndexEntry(rel, pid, stat.st_size, stat.st_mtime_ns))
+        entries.append(IndexEntry(rel, pid, info.st_size, info.st_mtime_ns))
     return files, entries
-
-
-def _is_index(path: Path) -> bool:
-    return (path / HEADER_NAME).is_file()
-
-
-def _check_out(out: Path, append: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not an index folder", hint="choose a new folder name")
-    if out.is_dir() and not _is_index(out) and any(out.iterdir()):
-        raise InputError(
-            f"--out {out} exists and is not a personsearch index; it is left untouched",
-            hint="choose a new or empty folder",
-        )
 
 
 def export_images(
@@ -313,11 +388,13 @@ def export_images(
     """Embed ``images`` (a folder) or the ``split`` of ``prepared`` (a PreparedDataset or its
     folder; identities recorded) with ``model`` (a ``TrainedModel``) into the index ``out``.
 
-    Without ``append`` a new index replaces ``out`` atomically (an existing folder that is not an
-    index is refused). With ``append`` only files not yet indexed as they are now (path, size,
-    mtime) are embedded, into one new shard. ``faiss``: a FAISS factory string to build an
-    approximate index afterwards. ``on_total`` receives the number of files to embed before the
-    first batch; ``progress`` the number finished after each batch.
+    Without ``append`` a new index replaces ``out`` atomically; a folder there that is not an
+    index this tool wrote is refused and left as it is. With ``append`` only files not yet indexed
+    as they are now (path, size, mtime) are embedded, into one new shard; an absent or empty
+    ``out`` gets a new index. Writing to an existing index holds its lock from reading its header
+    to committing the new one, so two writers never both add the same files. ``faiss``: a FAISS
+    factory string to build an approximate index afterwards. ``on_total`` receives the number of
+    files to embed before the first batch; ``progress`` the number finished after each batch.
     """
     from personsearch.data.transforms import build_transform
 
@@ -335,7 +412,7 @@ def export_images(
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if workers < 0:
         raise InputError(f"workers must be 0 or more, got {workers}")
-    _check_out(out, append)
+    existing_output = check_out(out, append)
     if faiss is not None:
         from personsearch.retrieval.ann import _faiss
 
@@ -344,48 +421,22 @@ def export_images(
     gallery = (
         _gallery_from_folder(images) if images is not None else _gallery_from_prepared(prepared, split or "")
     )
-    appending = append and _is_index(out)
-    existing: GalleryIndex | None = None
-    unchanged = 0
-    if appending:
-        existing = GalleryIndex.open(out, verify=True)
-        if existing.model_fingerprint != model.fingerprint:
-            raise InputError(
-                f"{out} was made by model {existing.model_fingerprint} "
-                f"({existing.model_info.get('run', 'unknown run')}), "
-                f"not by {model.source} ({model.fingerprint})",
-                hint="append with the model that made the index, or export a new index without --append",
-            )
-        if os.path.abspath(existing.image_root) != str(gallery.root):
-            raise InputError(
-                f"{out} indexes images under {existing.image_root}, not {gallery.root}",
-                hint="append from the same image folder, or export a new index",
-            )
+    appending = append and existing_output
     files, entries = _describe(gallery)
-    if existing is not None:
-        known = {(e.path, e.size, e.mtime_ns) for e in existing.entries()}
-        todo = [i for i, e in enumerate(entries) if (e.path, e.size, e.mtime_ns) not in known]
-        unchanged = len(entries) - len(todo)
-        files, entries = [files[i] for i in todo], [entries[i] for i in todo]
-    elif not files:
+    if not appending and not files:
         what = gallery.source.get("images") or f"{gallery.source.get('data')} split {split!r}"
+        first = f" ({len(gallery.skipped)} left out, first: {gallery.skipped[0][0]}: {gallery.skipped[0][1]})" \
+            if gallery.skipped else ""
         raise InputError(
-            f"no images found in {what}",
-            hint=f"images are files ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case), "
+            f"no images found in {shown(str(what))}{first}",
+            hint=f"images are regular files ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case), "
             "searched recursively",
         )
-    if on_total is not None:
-        on_total(len(files))
 
     clip = model.clip
-    was_training = clip.training
-    clip.eval().to(device)
     transform = build_transform(settings.model.image_size, train=False)
     queue = _EntryQueue()
     counts = _Counts(skipped=list(gallery.skipped))
-    batches = _embed_batches(
-        clip, files, entries, transform, queue, counts, batch_size, workers, device, precision, progress
-    )
     header_model = {
         "run": str(Path(os.path.abspath(model.source))),
         "weights": str(Path(os.path.abspath(model.weights))),
@@ -396,41 +447,33 @@ def export_images(
         "precision": precision,
         **gallery.source,
     }
+    unchanged = 0
+    # A second writer of the same index is refused while this one holds the lock.
+    lock = RunLock(out).acquire() if existing_output else None
+    was_training = clip.training
     try:
+        existing: GalleryIndex | None = None
+        if appending:
+            existing = GalleryIndex.open(out, verify=True)  # read under the lock: what is new is decided now
+            _check_same_source(existing, model, gallery.root, out)
+            known = {(e.path, e.size, e.mtime_ns) for e in existing.entries()}
+            todo = [i for i, e in enumerate(entries) if (e.path, e.size, e.mtime_ns) not in known]
+            unchanged = len(entries) - len(todo)
+            files, entries = [files[i] for i in todo], [entries[i] for i in todo]
+        if on_total is not None:
+            on_total(len(files))
+        clip.eval().to(device)
+        batches = _embed_batches(
+            clip, files, entries, transform, queue, counts, batch_size, workers, device, precision, progress
+        )
         if existing is not None:
-            if files:
-                index = append_to_index(out, batches, queue, model_fingerprint=model.fingerprint)
-            else:
-                index = existing
+            index = append_locked(existing, batches, queue) if files else existing
         else:
-            lock = RunLock(out) if _is_index(out) else None  # a second writer of the same index is refused
-            if lock is not None:
-                lock.acquire()
-            try:
-                index = write_index(
-                    out,
-                    batches,
-                    queue,
-                    model.fingerprint,
-                    gallery.root,
-                    shard_size=settings.index.shard_size,
-                    extra_header=header_model,
-                )
-            except InputError as exc:
-                if counts.indexed == 0 and "no embeddings given" in exc.message:
-                    raise InputError(
-                        f"none of the {len(files)} images could be read (first: {counts.skipped[0][0]}: "
-                        f"{counts.skipped[0][1]})"
-                        if counts.skipped
-                        else "no images could be read",
-                        hint="check the files; the index was not written",
-                    ) from None
-                raise
-            finally:
-                if lock is not None:
-                    lock.release()
+            index = _write_new(out, batches, queue, model, gallery, settings, header_model, counts, len(files))
     finally:
         clip.train(was_training)
+        if lock is not None:
+            lock.release()
 
     faiss_entry = index.header.get("faiss")
     if faiss is not None and (existing is None or not faiss_entry):
@@ -458,4 +501,45 @@ def export_images(
     return report
 
 
-__all__ = ["IMAGE_SUFFIXES", "ExportReport", "discover_images", "export_images"]
+def _check_same_source(existing: GalleryIndex, model: Any, root: Path, out: Path) -> None:
+    if existing.model_fingerprint != model.fingerprint:
+        raise InputError(
+            f"{out} was made by model {existing.model_fingerprint} "
+            f"({existing.model_info.get('run', 'unknown run')}), "
+            f"not by {model.source} ({model.fingerprint})",
+            hint="append with the model that made the index, or export a new index without --append",
+        )
+    if os.path.abspath(existing.image_root) != str(root):
+        raise InputError(
+            f"{out} indexes images under {existing.image_root}, not {root}",
+            hint="append from the same image folder, or export a new index",
+        )
+
+
+def _write_new(
+    out: Path, batches: Any, queue: _EntryQueue, model: Any, gallery: _Gallery, settings: Any,
+    header_model: dict[str, Any], counts: _Counts, wanted: int,
+) -> GalleryIndex:
+    try:
+        return write_index(
+            out,
+            batches,
+            queue,
+            model.fingerprint,
+            gallery.root,
+            shard_size=settings.index.shard_size,
+            extra_header=header_model,
+        )
+    except InputError as exc:
+        if counts.indexed == 0 and "no embeddings given" in exc.message:
+            raise InputError(
+                f"none of the {wanted} images could be read (first: {counts.skipped[0][0]}: "
+                f"{counts.skipped[0][1]})"
+                if counts.skipped
+                else "no images could be read",
+                hint="check the files; the index was not written",
+            ) from None
+        raise
+
+
+__all__ = ["IMAGE_SUFFIXES", "ExportReport", "check_out", "discover_images", "export_images", "shown"]

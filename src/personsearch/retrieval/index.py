@@ -19,6 +19,13 @@ Verification: ``GalleryIndex.open`` always checks that every listed file exists 
 size and ``.npy`` shape the header records (cheap, catches missing and truncated shards);
 ``verify=True`` (the default) also hashes every file with sha256, which reads the whole index
 once (~0.1 s per 100,000 x 512 rows). Pass ``verify=False`` on a hot path after a first check.
+
+Trust: every index folder carries the owner marker ``.personsearch.json`` (kind ``gallery-index``),
+and only such a folder (or an older, unmarked one whose whole content is an index's) is ever
+replaced. Opening checks every header field's type and range and every metadata row; a path that
+is absolute, holds ``..`` or NUL, or resolves (through symbolic links) outside the image root makes
+the index "damaged or tampered with". ``GalleryIndex.image_path(row)`` is the one way to turn a
+row into a file to read.
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -38,7 +48,16 @@ import numpy as np
 import torch
 
 from personsearch.errors import InputError
-from personsearch.io import RunLock, atomic_directory, atomic_open, atomic_write_json
+from personsearch.io import (
+    OWNER_MARKER,
+    RunLock,
+    atomic_directory,
+    atomic_open,
+    atomic_write_json,
+    ensure_replaceable,
+    owner_kind,
+    write_owner_marker,
+)
 from personsearch.retrieval import search as exact
 
 log = logging.getLogger(__name__)
@@ -48,6 +67,51 @@ FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 DEFAULT_SHARD_SIZE = 65536
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.(npy|jsonl)$")
+_FAISS_RE = re.compile(r"^faiss-(\d{5,})\.index$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: The owner-marker kind of an index folder.
+INDEX_KIND = "gallery-index"
+_INT64_MAX = 2**63 - 1
+_MAX_DIM = 1 << 16
+_MAX_HEADER_BYTES = 64 << 20
+_REEXPORT = "re-export it with `personsearch export`"
+
+
+def path_problem(path: Any) -> str | None:
+    """Why ``path`` cannot be a gallery path relative to the image root (None when it can): it must
+    be non-empty UTF-8 text, relative, without NUL or ``.``/``..``/empty components."""
+    if not isinstance(path, str):
+        return f"is {type(path).__name__}, not text"
+    if not path:
+        return "is empty"
+    if "\x00" in path:
+        return "contains a NUL character"
+    if path.startswith("/"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "leaves its folder ('..', '.' or an empty component)"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    return None
+
+
+def _is_int(value: Any, low: int = -_INT64_MAX - 1, high: int = _INT64_MAX) -> bool:
+    """An integer (not a bool) within [low, high]."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= int(value) <= high
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def damaged(folder: Path, detail: str) -> InputError:
+    """The one message for an index whose files are not what this tool wrote."""
+    return InputError(
+        f"index {folder} is damaged or was tampered with: {detail}; {_REEXPORT}",
+        hint="nothing was changed; export the gallery again into a new folder or over this index",
+    )
 
 
 @dataclass(frozen=True)
@@ -78,25 +142,32 @@ class IndexEntry:
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any] | IndexEntry, where: str) -> IndexEntry:
+        """An entry from a mapping (or an entry, re-checked): path relative to the image root and
+        staying inside it, pid an integer or None, size and mtime_ns integers."""
         if isinstance(value, IndexEntry):
-            entry = value
+            path, pid, size, mtime = value.path, value.pid, value.size, value.mtime_ns
         else:
             try:
-                pid = value.get("pid")
-                entry = cls(
-                    str(value["path"]),
-                    None if pid is None else int(pid),
-                    int(value["size"]),
-                    int(value["mtime_ns"]),
-                )
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                path, pid, size, mtime = value["path"], value.get("pid"), value["size"], value["mtime_ns"]
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise InputError(
-                    f"{where}: metadata must have path, pid (int or null), size and mtime_ns; got {value!r}",
-                    hint=f"problem: {exc}",
+                    f"{where}: metadata must have path, pid (int or null), size and mtime_ns; got {value!r:.200}",
+                    hint=f"missing: {exc}",
                 ) from None
-        if not entry.path or entry.path.startswith("/") or Path(entry.path).is_absolute():
-            raise InputError(f"{where}: path {entry.path!r} must be relative to the image root")
-        return entry
+            if isinstance(path, os.PathLike):
+                path = Path(path).as_posix()
+        problem = path_problem(path)
+        if problem is not None:
+            raise InputError(f"{where}: path {path!r:.300} {problem}", hint="paths are relative to the image root")
+        if not (pid is None or _is_int(pid)) or not _is_int(size, 0) or not _is_int(mtime):
+            raise InputError(
+                f"{where}: pid must be an integer or null, size and mtime_ns integers; "
+                f"got pid={pid!r:.40} size={size!r:.40} mtime_ns={mtime!r:.40}"
+            )
+        if isinstance(value, IndexEntry) and type(pid) in (int, type(None)) and type(size) is int \
+                and type(mtime) is int:
+            return value
+        return cls(path, None if pid is None else int(pid), int(size), int(mtime))
 
 
 @dataclass(frozen=True)
@@ -264,20 +335,23 @@ def write_index(
     shard_size: int = DEFAULT_SHARD_SIZE,
     extra_header: Mapping[str, Any] | None = None,
 ) -> GalleryIndex:
-    """Write a new index at ``out`` (replacing any index there, atomically) and open it.
+    """Write a new index at ``out`` (replacing an index there, atomically) and open it.
 
     ``embeddings``: an array/tensor [N, D] or an iterable of [B, D] batches (streamed, one shard
     in memory at a time). ``metadata``: N ``IndexEntry`` objects or mappings with path (relative
     to ``image_root``), pid (int or None), size and mtime_ns, in row order. ``model_fingerprint``
     identifies weights + preprocessing; ``extra_header`` lands in the header under ``model``.
+    A folder at ``out`` that is not an index this tool wrote is refused, never replaced.
     """
-    if not model_fingerprint:
+    if not isinstance(model_fingerprint, str) or not model_fingerprint:
         raise InputError("model_fingerprint must be a non-empty string")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
+    root = os.path.abspath(image_root)
+    if "\x00" in root:
+        raise InputError(f"image root {root!r} contains a NUL character")
     out = Path(out)
-    if out.exists() and not (out / HEADER_NAME).is_file() and any(out.iterdir()):
-        raise InputError(
-            f"{out} exists and is not a personsearch index", hint="choose an empty or new folder"
-        )
+    ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder)
     with atomic_directory(out) as tmp:
         writer = IndexWriter(tmp, 0, shard_size, None)
         _feed(writer, embeddings, metadata)
@@ -291,7 +365,7 @@ def write_index(
             "dim": writer.dim,
             "dtype": "float16",
             "model_fingerprint": model_fingerprint,
-            "image_root": os.path.abspath(image_root),
+            "image_root": root,
             "count": writer.rows_written,
             "shard_size": shard_size,
             "shards": writer.shards,
@@ -300,24 +374,63 @@ def write_index(
             "model": dict(extra_header or {}),
             "faiss": None,
         }
+        write_owner_marker(tmp, INDEX_KIND)
         atomic_write_json(tmp / HEADER_NAME, header)
     log.info("wrote index %s: %d rows in %d shards", out, writer.rows_written, len(writer.shards))
     return GalleryIndex.open(out, verify=False)
 
 
+def _listed(header: Mapping[str, Any]) -> set[str]:
+    names = {HEADER_NAME}
+    for shard in header["shards"]:
+        names |= {shard["embeddings"], shard["metadata"]}
+    if header.get("faiss"):
+        names.add(header["faiss"]["file"])
+    return names
+
+
+def _index_file_name(name: str) -> bool:
+    """A name only an index folder holds (its files, temporaries of its atomic writes, the lock)."""
+    return bool(
+        name in (HEADER_NAME, OWNER_MARKER, ".lock")
+        or _SHARD_RE.match(name)
+        or _FAISS_RE.match(name)
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
+
+
+def is_index_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is, by its whole content, an index this tool wrote (for indexes made
+    before the owner marker): a fully valid header, every file it lists present, and nothing but
+    index files. Raises InputError when the header is not an index header."""
+    folder = Path(folder)
+    header = _read_header(folder)
+    listed = _listed(header)
+    for name in listed:
+        if not _regular(folder / name):
+            return False
+    for child in folder.iterdir():
+        if not _index_file_name(child.name) or child.is_symlink() or not child.is_file():
+            return False
+    return True
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _clean_unlisted(folder: Path, header: Mapping[str, Any]) -> None:
     """Remove files a killed append left behind (never anything the header lists)."""
-    listed = {HEADER_NAME}
-    for shard in header["shards"]:
-        listed |= {shard["embeddings"], shard["metadata"]}
-    if header.get("faiss"):
-        listed.add(header["faiss"]["file"])
+    listed = _listed(header)
     for child in folder.iterdir():
         name = child.name
         stale = (
-            _SHARD_RE.match(name) or name.startswith("faiss-") or name.endswith(".tmp")
+            _SHARD_RE.match(name) or _FAISS_RE.match(name) or (name.startswith(".") and name.endswith(".tmp"))
         ) and name not in listed
-        if stale and child.is_file():
+        if stale and child.is_file() and not child.is_symlink():
             log.info("removing stale %s", child)
             child.unlink(missing_ok=True)
 
@@ -331,45 +444,58 @@ def append_to_index(
     """Add ONE new shard holding ``embeddings``/``metadata`` to an existing index and reopen it.
 
     Pass the caller's ``model_fingerprint`` so an index made by another model is refused. Old
-    shards are never rewritten. The header is replaced last: until then readers see the old index,
-    and an error (or Ctrl-C) removes the new files again. A FAISS index, when present, gets the new
-    rows added under a new file name committed by the same header write.
+    shards are never rewritten. The index lock is held from reading the header to committing the
+    new one, so a second writer is refused rather than racing. The header is replaced last: until
+    then readers see the old index, and an error (or Ctrl-C) removes the new files again. A FAISS
+    index, when present, gets the new rows added under a new file name committed by the same
+    header write.
     """
-    index = GalleryIndex.open(index_dir, verify=True)
-    if model_fingerprint is not None and model_fingerprint != index.model_fingerprint:
-        raise InputError(
-            f"{index.path} was made by model {index.model_fingerprint}, not {model_fingerprint}",
-            hint="append with the same run, or export a new index",
-        )
-    folder = index.path
+    folder = Path(index_dir)
+    _read_header(folder)  # a clear message (and no lock file) for a folder that is not an index
     with RunLock(folder):
-        header = json.loads((folder / HEADER_NAME).read_text(encoding="utf-8"))
-        _clean_unlisted(folder, header)
-        numbers = [int(_SHARD_RE.match(s["embeddings"]).group(1)) for s in header["shards"]]  # type: ignore[union-attr]
-        writer = IndexWriter(folder, max(numbers, default=-1) + 1, 2**62, header["dim"], header["count"])
-        new_files: list[Path] = []
-        try:
-            _feed(writer, embeddings, metadata)
-            writer.flush()
-            new_files = list(writer.files)
-            if not writer.shards:
-                log.info("nothing to append to %s", folder)
-                return index
-            header = dict(header)
-            header["shards"] = header["shards"] + writer.shards
-            header["count"] = header["count"] + writer.rows_written
-            header["updated"] = _now()
-            if header.get("faiss"):
-                from personsearch.retrieval import ann
+        index = GalleryIndex.open(folder, verify=True)
+        if model_fingerprint is not None and model_fingerprint != index.model_fingerprint:
+            raise InputError(
+                f"{index.path} was made by model {index.model_fingerprint}, not {model_fingerprint}",
+                hint="append with the same run, or export a new index",
+            )
+        return append_locked(index, embeddings, metadata)
 
-                header["faiss"] = ann.extend_faiss(folder, header, writer.shards)
-                new_files.append(folder / header["faiss"]["file"])
-            atomic_write_json(folder / HEADER_NAME, header)
-        except BaseException:
-            for file in writer.files + new_files:
-                file.unlink(missing_ok=True)
-            raise
-        _clean_unlisted(folder, header)
+
+def append_locked(
+    index: GalleryIndex, embeddings: Any, metadata: Iterable[Mapping[str, Any] | IndexEntry]
+) -> GalleryIndex:
+    """``append_to_index`` for a caller that already holds the index's ``RunLock`` and opened
+    ``index`` under it (so what it decided to add was computed from the current header)."""
+    folder = index.path
+    header = dict(index.header)
+    _clean_unlisted(folder, header)
+    numbers = [int(_SHARD_RE.match(s["embeddings"]).group(1)) for s in header["shards"]]  # type: ignore[union-attr]
+    writer = IndexWriter(folder, max(numbers, default=-1) + 1, 2**62, header["dim"], header["count"])
+    new_files: list[Path] = []
+    try:
+        _feed(writer, embeddings, metadata)
+        writer.flush()
+        new_files = list(writer.files)
+        if not writer.shards:
+            log.info("nothing to append to %s", folder)
+            return index
+        header["shards"] = header["shards"] + writer.shards
+        header["count"] = header["count"] + writer.rows_written
+        header["updated"] = _now()
+        if header.get("faiss"):
+            from personsearch.retrieval import ann
+
+            header["faiss"] = ann.extend_faiss(folder, header, writer.shards)
+            new_files.append(folder / header["faiss"]["file"])
+        atomic_write_json(folder / HEADER_NAME, header)
+    except BaseException:
+        for file in writer.files + new_files:
+            file.unlink(missing_ok=True)
+        raise
+    if owner_kind(folder) != INDEX_KIND:
+        write_owner_marker(folder, INDEX_KIND)  # an index made before markers: mark it now
+    _clean_unlisted(folder, header)
     log.info("appended %d rows to %s as %s", writer.rows_written, folder, writer.shards[0]["embeddings"])
     return GalleryIndex.open(folder, verify=False)
 
@@ -378,24 +504,47 @@ def _header_error(path: Path, message: str, hint: str | None = None) -> InputErr
     return InputError(f"{path}: {message}", hint=hint)
 
 
-def _read_header(folder: Path) -> dict[str, Any]:
-    if not folder.exists():
-        raise InputError(f"index {folder} does not exist", hint="create it with `personsearch export`")
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not an index folder")
-    path = folder / HEADER_NAME
-    if not path.is_file():
-        raise InputError(f"{folder} has no {HEADER_NAME}: not a personsearch index, or an incomplete copy")
-    try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _header_error(path, f"corrupt header ({exc})", hint="re-export the index") from None
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _parse_json(text: str) -> Any:
+    """JSON as this tool writes it: no NaN/Infinity, no overflowing floats (huge integers and deep
+    nesting raise ValueError/RecursionError for the caller to report)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+_REQUIRED = ("dim", "count", "shards", "model_fingerprint", "image_root")
+_SHARD_INT_KEYS = ("rows", "embeddings_bytes", "metadata_bytes")
+
+
+def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
+    """Every field of the header has the type and range this tool writes."""
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise _header_error(path, f"unknown index format {found!r} (expected {FORMAT_NAME!r})")
+        raise _header_error(
+            path, f"unknown index format {found!r:.80} (expected {FORMAT_NAME!r})",
+            hint="not a personsearch index; pass the folder `personsearch export` wrote",
+        )
+
+    def bad(detail: str) -> InputError:
+        return damaged(folder, f"{path.name} {detail}")
+
     version = header.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise _header_error(path, f"invalid format_version {version!r}")
+    if not _is_int(version, 1):
+        raise bad(f"has an invalid format_version {version!r:.60}")
     if version > FORMAT_VERSION:
         raise _header_error(
             path,
@@ -403,24 +552,110 @@ def _read_header(folder: Path) -> dict[str, Any]:
             f"version {FORMAT_VERSION}",
             hint="upgrade personsearch",
         )
-    try:
-        dim, count, shards = int(header["dim"]), int(header["count"]), header["shards"]
-        for shard in shards:
-            for key in ("embeddings", "metadata", "rows", "embeddings_bytes", "metadata_bytes"):
-                shard[key]  # noqa: B018 - presence check
-        str(header["model_fingerprint"])
-        str(header["image_root"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _header_error(
-            path, f"header is missing or has a malformed field ({exc})", hint="re-export the index"
-        ) from None
-    if dim < 1 or sum(int(s["rows"]) for s in shards) != count:
-        raise _header_error(path, f"count {count} does not equal the sum of the shard row counts")
+    missing = [key for key in _REQUIRED if key not in header]
+    if missing:
+        raise bad(f"is missing {', '.join(missing)}")
+    dim, count, shards = header["dim"], header["count"], header["shards"]
+    if not _is_int(dim, 1, _MAX_DIM):
+        raise bad(f"has dim {dim!r:.60}, not an integer from 1 to {_MAX_DIM}")
+    if not _is_int(count, 0):
+        raise bad(f"has count {count!r:.60}, not a non-negative 64-bit integer")
+    if header.get("dtype", "float16") != "float16":
+        raise bad(f"has dtype {header.get('dtype')!r:.60}, not 'float16'")
+    fingerprint = header["model_fingerprint"]
+    if not isinstance(fingerprint, str) or not fingerprint or len(fingerprint) > 1000 or "\x00" in fingerprint:
+        raise bad(f"has model_fingerprint {fingerprint!r:.80}, not a short text")
+    root = header["image_root"]
+    if not isinstance(root, str) or not os.path.isabs(root) or "\x00" in root or len(root) > 4096:
+        raise bad(f"has image_root {root!r:.200}, not an absolute folder path")
+    if "shard_size" in header and not _is_int(header["shard_size"], 1):
+        raise bad(f"has shard_size {header['shard_size']!r:.60}, not a positive integer")
+    for key in ("created", "updated"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise bad(f"has {key} {header[key]!r:.60}, not a time stamp")
+    if header.get("model") is not None and not isinstance(header["model"], dict):
+        raise bad(f"has model {header['model']!r:.60}, not an object")
+    if not isinstance(shards, list):
+        raise bad(f"has shards {shards!r:.60}, not a list")
+    names: set[str] = set()
+    total = 0
+    for number, shard in enumerate(shards):
+        where = f"shard entry {number}"
+        if not isinstance(shard, dict):
+            raise bad(f"{where} is {shard!r:.60}, not an object")
+        for key, suffix in (("embeddings", "npy"), ("metadata", "jsonl")):
+            name = shard.get(key)
+            match = _SHARD_RE.match(name) if isinstance(name, str) else None
+            if match is None or match.group(2) != suffix:
+                raise bad(f"{where} names {key} file {name!r:.200}, not a shard-NNNNN.{suffix} file in the index")
+            if name in names:
+                raise bad(f"{where} lists {name} a second time")
+            names.add(name)
+        for key in _SHARD_INT_KEYS:
+            if not _is_int(shard.get(key), 0):
+                raise bad(f"{where} has {key} {shard.get(key)!r:.60}, not a non-negative 64-bit integer")
+        for key in ("embeddings_sha256", "metadata_sha256"):
+            value = shard.get(key)
+            if not isinstance(value, str) or not _SHA256_RE.match(value):
+                raise bad(f"{where} has {key} {value!r:.80}, not a sha256 hex digest")
+        total += shard["rows"]
+    if total != count:
+        raise bad(f"records count {count} which does not equal the sum of the shard row counts ({total})")
+    faiss = header.get("faiss")
+    if faiss is not None:
+        if not isinstance(faiss, dict):
+            raise bad(f"has faiss {faiss!r:.60}, not an object")
+        name = faiss.get("file")
+        if not isinstance(name, str) or not _FAISS_RE.match(name):
+            raise bad(f"names FAISS file {name!r:.200}, not a faiss-NNNNN.index file in the index")
+        if not isinstance(faiss.get("sha256"), str) or not _SHA256_RE.match(faiss["sha256"]):
+            raise bad(f"has FAISS sha256 {faiss.get('sha256')!r:.80}, not a sha256 hex digest")
+        if "rows" in faiss and not _is_int(faiss["rows"], 0):
+            raise bad(f"has FAISS rows {faiss['rows']!r:.60}, not a non-negative integer")
+        if "nprobe" in faiss and not _is_int(faiss["nprobe"], 1, 1 << 30):
+            raise bad(f"has FAISS nprobe {faiss['nprobe']!r:.60}, not a positive integer")
+        if "factory" in faiss and not isinstance(faiss["factory"], str):
+            raise bad(f"has FAISS factory {faiss['factory']!r:.60}, not text")
     return header
 
 
+def _read_header(folder: Path) -> dict[str, Any]:
+    folder = Path(folder)
+    try:
+        folder_stat = os.stat(folder)
+    except FileNotFoundError:
+        raise InputError(f"index {folder} does not exist", hint="create it with `personsearch export`") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot open index {folder}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISDIR(folder_stat.st_mode):
+        raise InputError(f"{folder} is not an index folder", hint="pass the folder `personsearch export` wrote")
+    path = folder / HEADER_NAME
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder} has no {HEADER_NAME}: not a personsearch index, or an incomplete copy",
+            hint="pass the folder `personsearch export` wrote",
+        ) from None
+    except OSError as exc:
+        raise damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise damaged(folder, f"{path} is not a regular file")
+    if info.st_size > _MAX_HEADER_BYTES:
+        raise damaged(folder, f"{path} is {info.st_size} bytes, far larger than any index header")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_HEADER_BYTES + 1)
+        header = _parse_json(raw.decode("utf-8"))
+    except OSError as exc:
+        raise damaged(folder, f"{path} cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise damaged(folder, f"{path} is a corrupt header ({_short(exc)})") from None
+    return _validate_header(folder, path, header)
+
+
 class GalleryIndex:
-    """A read-only view of an index folder: memory-mapped shards, lazily loaded metadata."""
+    """A read-only view of an index folder: memory-mapped shards and their checked metadata."""
 
     def __init__(self, path: Path, header: dict[str, Any], shards: list[np.ndarray]) -> None:
         self.path = path
@@ -434,7 +669,11 @@ class GalleryIndex:
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> GalleryIndex:
-        """Open and check an index (see the module docstring for what ``verify`` adds)."""
+        """Open and check an index (see the module docstring for what ``verify`` adds).
+
+        Always: the header's fields, each shard's size and shape, every metadata row (a path that
+        leaves the image root, also through a symbolic link, refuses the whole index).
+        """
         folder = Path(path)
         header = _read_header(folder)
         arrays: list[np.ndarray] = []
@@ -442,17 +681,19 @@ class GalleryIndex:
             arrays.append(cls._check_shard(folder, header, shard, verify))
         if header.get("faiss"):
             file = folder / header["faiss"]["file"]
-            if not file.is_file():
-                raise InputError(
-                    f"{file} is listed in the header but missing", hint="rebuild it with build_faiss"
-                )
+            if not _regular(file):
+                raise damaged(folder, f"FAISS file {file} is listed in the header but missing")
             if verify and _sha256(file) != header["faiss"]["sha256"]:
-                raise InputError(f"{file} is corrupt (checksum mismatch)", hint="rebuild it with build_faiss")
+                raise damaged(folder, f"FAISS file {file} is corrupt (checksum mismatch)")
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only mmap; the tensors are never written
-            return cls(folder, header, arrays)
+            index = cls(folder, header, arrays)
+        for s in range(len(arrays)):
+            index._shard_metadata(s)
+        index._check_links()
+        return index
 
     @staticmethod
     def _check_shard(
@@ -460,32 +701,32 @@ class GalleryIndex:
     ) -> np.ndarray:
         for kind in ("embeddings", "metadata"):
             file = folder / shard[kind]
-            if not file.is_file():
-                raise InputError(f"shard file {file} is missing", hint="restore it or re-export the index")
-            size = file.stat().st_size
-            if size != shard[f"{kind}_bytes"]:
-                what = "truncated" if size < shard[f"{kind}_bytes"] else "changed"
-                raise InputError(
-                    f"shard file {file} is {what}: {size} bytes, the header records {shard[f'{kind}_bytes']}",
-                    hint="re-export the index",
-                )
-            if verify and _sha256(file) != shard.get(f"{kind}_sha256"):
-                raise InputError(
-                    f"shard file {file} is corrupt (sha256 checksum mismatch)", hint="re-export the index"
-                )
+            try:
+                info = os.stat(file)
+            except FileNotFoundError:
+                raise damaged(folder, f"shard file {file} is missing") from None
+            except OSError as exc:
+                raise damaged(folder, f"shard file {file} cannot be read ({exc.strerror or exc})") from None
+            if not stat.S_ISREG(info.st_mode):
+                raise damaged(folder, f"shard file {file} is not a regular file")
+            size, recorded = info.st_size, shard[f"{kind}_bytes"]
+            if size != recorded:
+                what = "truncated" if size < recorded else "changed"
+                raise damaged(folder, f"shard file {file} is {what}: {size} bytes, the header records {recorded}")
+            if verify and _sha256(file) != shard[f"{kind}_sha256"]:
+                raise damaged(folder, f"shard file {file} is corrupt (sha256 checksum mismatch)")
         file = folder / shard["embeddings"]
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(
-                f"shard file {file} is not a readable .npy array ({exc})", hint="re-export the index"
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds (even TokenError)
+            raise damaged(folder, f"shard file {file} is not a readable .npy array ({_short(exc)})") from None
         expected = (int(shard["rows"]), int(header["dim"]))
-        if array.dtype != np.float16 or array.shape != expected or not array.flags.c_contiguous:
-            raise InputError(
-                f"shard file {file} holds {array.dtype} {list(array.shape)}, "
+        if (not isinstance(array, np.ndarray) or array.dtype != np.float16 or array.shape != expected
+                or not array.flags.c_contiguous):
+            raise damaged(
+                folder,
+                f"shard file {file} holds {getattr(array, 'dtype', '?')} {list(getattr(array, 'shape', ()))}, "
                 f"the header records float16 {list(expected)}",
-                hint="re-export the index",
             )
         return array
 
@@ -527,23 +768,83 @@ class GalleryIndex:
         if s not in self._metadata:
             shard = self.header["shards"][s]
             file = self.path / shard["metadata"]
-            entries: list[IndexEntry] = []
-            with open(file, encoding="utf-8") as handle:
-                for line_no, line in enumerate(handle, 1):
-                    try:
-                        value = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise InputError(
-                            f"{file} line {line_no} is not valid JSON", hint="re-export the index"
-                        ) from None
-                    entries.append(IndexEntry.from_mapping(value, f"{file} line {line_no}"))
-            if len(entries) != shard["rows"]:
-                raise InputError(
-                    f"{file} has {len(entries)} metadata rows but the header records {shard['rows']}",
-                    hint="re-export the index",
+            try:
+                with open(file, "rb") as handle:
+                    raw = handle.read(int(shard["metadata_bytes"]) + 1)
+            except OSError as exc:
+                raise damaged(self.path, f"{file} cannot be read ({exc.strerror or exc})") from None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line_no = raw[: exc.start].count(b"\n") + 1
+                raise damaged(self.path, f"{file} line {line_no} is not UTF-8 text") from None
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            if len(lines) != shard["rows"]:
+                raise damaged(
+                    self.path, f"{file} has {len(lines)} metadata rows but the header records {shard['rows']}"
                 )
+            entries: list[IndexEntry] = []
+            for line_no, line in enumerate(lines, 1):
+                try:
+                    value = _parse_json(line)
+                except (ValueError, RecursionError) as exc:
+                    raise damaged(self.path, f"{file} line {line_no} is not valid JSON ({_short(exc)})") from None
+                if not isinstance(value, dict):
+                    raise damaged(self.path, f"{file} line {line_no} is not a metadata row: {value!r:.200}")
+                try:
+                    entries.append(IndexEntry.from_mapping(value, f"{file} line {line_no}"))
+                except InputError as exc:
+                    raise damaged(self.path, exc.message) from None
             self._metadata[s] = entries
         return self._metadata[s]
+
+    def _escape(self, row: int, entry: IndexEntry, target: str) -> InputError:
+        return damaged(
+            self.path,
+            f"row {row} ({entry.path!r:.300}) resolves to {target!r:.300}, outside the image root "
+            f"{str(self.image_root)!r:.300}",
+        )
+
+    def _check_links(self) -> None:
+        """Refuse rows that leave the image root through a symbolic link (one lstat per row, one
+        realpath per folder). Skipped when the image root is absent here (nothing can be read)."""
+        root = os.path.realpath(self.image_root)
+        if not os.path.isdir(root):
+            return
+        parents: dict[str, str] = {"": root}
+        for row, entry in enumerate(self.entries()):
+            parent, _, name = entry.path.rpartition("/")
+            real_parent = parents.get(parent)
+            if real_parent is None:
+                real_parent = parents[parent] = os.path.realpath(os.path.join(root, parent))
+            if not _inside(real_parent, root):
+                raise self._escape(row, entry, os.path.join(real_parent, name))
+            full = os.path.join(real_parent, name)
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if not _inside(target, root):
+                    raise self._escape(row, entry, target)
+
+    def image_path(self, row: int) -> Path:
+        """The absolute, resolved path of ``row``'s image, guaranteed inside the image root.
+
+        The one way to turn a row into a file to read (contact sheets, a server's image by row):
+        a row whose path leaves the root, also through a symbolic link made after the export,
+        raises the damaged-or-tampered InputError. A row outside the index raises IndexError.
+        """
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be an integer, got {row!r:.60}")
+        entry = self.entry(int(row))
+        problem = path_problem(entry.path)
+        if problem is not None:
+            raise damaged(self.path, f"row {row} path {entry.path!r:.300} {problem}")
+        root = os.path.realpath(self.image_root)
+        full = os.path.realpath(os.path.join(root, entry.path))
+        if not _inside(full, root):
+            raise self._escape(int(row), entry, full)
+        return Path(full)
 
     def entry(self, row: int) -> IndexEntry:
         if not 0 <= row < len(self):
@@ -561,7 +862,7 @@ class GalleryIndex:
         return [self.entry(int(r)) for r in values]
 
     def entries(self) -> Iterator[IndexEntry]:
-        """Every entry in row order (loads the metadata shard by shard)."""
+        """Every entry in row order."""
         for s in range(len(self._arrays)):
             yield from self._shard_metadata(s)
 
@@ -638,9 +939,14 @@ __all__ = [
     "IndexEntry",
     "IndexWriter",
     "SearchResults",
+    "INDEX_KIND",
+    "append_locked",
     "append_to_index",
+    "damaged",
     "files_to_embed",
+    "is_index_folder",
     "normalise_rows",
+    "path_problem",
     "sha256_of",
     "write_index",
 ]

@@ -8,7 +8,6 @@ are tokenized exactly as in training (CLIP BPE, cut to the model's text length w
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +120,10 @@ def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
     source = info.get("weights") if info.get("kind") == "run" else info.get("run")
     if not source:
         raise InputError(f"index {index.path} does not record which model made it", hint="pass --run RUN")
+    if not isinstance(source, str) or "\x00" in source:
+        from personsearch.retrieval.index import damaged
+
+        raise damaged(index.path, f"{HEADER_NAME} records the model as {source!r:.200}, not a path")
     if not Path(source).exists():
         raise InputError(
             f"the model that made index {index.path} is gone: {source} does not exist",
@@ -214,8 +217,9 @@ def search_text(
 
 
 def image_file(index: GalleryIndex, hit: QueryHit) -> Path:
-    """The absolute path of a hit's image."""
-    return Path(os.path.join(index.image_root, hit.path))
+    """The absolute path of a hit's image, checked to lie inside the image root
+    (``GalleryIndex.image_path``; a path leaving it raises the damaged-index InputError)."""
+    return index.image_path(hit.row)
 
 
 def render_query_sheet(

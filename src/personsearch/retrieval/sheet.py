@@ -9,12 +9,15 @@ rather than an error, so a sheet over a damaged gallery still renders.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
@@ -31,6 +34,52 @@ _MARGIN = 8
 _GAP = 4
 _SEPARATOR = 14
 _FRAME = 3
+
+
+class NotRegularFile(OSError):
+    """A path names a FIFO, socket, device or folder where an image file was expected."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for binary reading only if it is a regular file (links followed).
+
+    The open never blocks: a FIFO, a device (e.g. a link to /dev/zero), a socket or a folder is
+    refused with ``NotRegularFile`` (an OSError) before a byte is read, so a special file named
+    ``*.jpg`` cannot hang an export or a contact sheet.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)", str(path))
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_sheet_path(path: str | Path, option: str = "--sheet") -> Path:
+    """Refuse (exit 2), before any long work, a sheet path that cannot be written: under a file,
+    in an unwritable folder (/proc, /sys), a folder, or an existing special file (a FIFO, a
+    device) that the sheet would replace."""
+    from personsearch.errors import InputError
+    from personsearch.io import ensure_writable
+
+    path = Path(path)
+    ensure_writable(path, option, folder=False)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise InputError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise InputError(
+            f"{option} {path} exists and is not a regular file", hint="give the name of a PNG file to write"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -105,7 +154,7 @@ def _load(
         if isinstance(tile.image, Image.Image):
             image = tile.image.convert("RGB")
         else:
-            with Image.open(tile.image) as handle:
+            with open_regular(tile.image) as raw, Image.open(raw) as handle:
                 image = handle.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         logger.warning("contact sheet: cannot read %s (%s); drawing a placeholder", tile.image, exc)
