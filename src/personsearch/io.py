@@ -149,7 +149,8 @@ def _exchange(a: Path, b: Path) -> bool:
 def _recover_siblings(path: Path) -> None:
     """Clean up after a writer of ``path`` that was killed: put back a folder it had moved aside
     (when ``path`` is gone) and remove its temporary folders. Live writers' folders are left."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(\d+)\.[^/]*\.tmp)$")
+    # Exactly the names this module makes (mkdtemp adds 8 random characters), never a user's look-alike.
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(\d+)\.[a-z0-9_]{{8}}\.tmp)$")
     try:
         siblings = list(path.parent.iterdir())
     except OSError:
@@ -164,6 +165,8 @@ def _recover_siblings(path: Path) -> None:
         if match.group(1) and not path.exists():
             os.replace(sibling, path)  # killed between moving the old folder aside and the swap
             continue
+        if match.group(1) and owner_kind(sibling) is None:
+            continue  # an old folder moved aside that carries no marker of ours: left for its owner
         shutil.rmtree(sibling, ignore_errors=True)
 
 

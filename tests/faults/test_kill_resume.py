@@ -129,12 +129,13 @@ def test_a_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     target.rename(tmp_path / f".index.old-{gone.pid}")
-    (tmp_path / f".index.{gone.pid}.abc123.tmp").mkdir()
+    (tmp_path / f".index.{gone.pid}.abc12345.tmp").mkdir()  # mkdtemp: 8 random characters
+    (tmp_path / f".index.{gone.pid}.mine.tmp").mkdir()  # a look-alike of the user's: kept
     with pytest.raises(RuntimeError):
         with atomic_directory(target):
             assert (target / "header.json").read_text() == "old"
             raise RuntimeError("the writer fails: the old folder must stay")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".index.{gone.pid}.mine.tmp", "index"]
     assert (target / "header.json").read_text() == "old"
 
 
