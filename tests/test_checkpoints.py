@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -204,6 +205,11 @@ def test_run_folder_heads_come_from_its_config(inputs, tmp_path: Path) -> None:
         str(run / "checkpoints" / "best.safetensors"),
     )
     (run / "config.yaml").write_text("model:\n  arch:\n    vision_heads: 4\n    text_heads: 2\n")
+    # a run records the sha256 of its weights beside them; without the record they are refused
+    with pytest.raises(InputError, match="best.safetensors has no best.json"):
+        load_clip(run, image_size=SIZE, stride=8)
+    digest = hashlib.sha256((run / "checkpoints" / "best.safetensors").read_bytes()).hexdigest()
+    (run / "checkpoints" / "best.json").write_text(json.dumps({"format_version": 1, "weights_sha256": digest}))
     loaded = load_clip(run, image_size=SIZE, stride=8)
     assert loaded.config.vision_heads == 4 and loaded.config.text_heads == 2
     assert_same_embeddings(loaded, trained, inputs)

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app
+from personsearch.io import sha256_file
 from personsearch.model.clip import build_clip
 from personsearch.runs import create_run
 from personsearch.settings import resolve_settings
@@ -105,6 +106,8 @@ def test_run_folder_uses_its_settings(tmp_path):
         {f"base_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
         str(run / "checkpoints" / "best.safetensors"),
     )
+    record = {"format_version": 1, "weights_sha256": sha256_file(run / "checkpoints" / "best.safetensors")}
+    (run / "checkpoints" / "best.json").write_text(json.dumps(record))
     data = _json([CAPTION, "--run", str(run), "--seed", "3"])
     assert sum(data["masked"]) == round(0.4 * 11)
     assert sum(data["importance"]) == pytest.approx(1.0, abs=1e-5)

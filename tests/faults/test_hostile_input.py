@@ -353,6 +353,8 @@ def test_truncated_safetensors_weights_are_refused(tiny_run, tmp_path):
 def test_weights_with_a_wrong_shape_name_the_first_mismatching_tensor(tiny_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from personsearch.io import sha256_file
+
     run = _run_copy(tiny_run, tmp_path)
     for tag in ("best", "last"):
         weights = run / "checkpoints" / f"{tag}.safetensors"
@@ -361,6 +363,10 @@ def test_weights_with_a_wrong_shape_name_the_first_mismatching_tensor(tiny_run, 
         tensors[name] = tensors[name][:-3].clone()
         weights.unlink()
         save_file(tensors, str(weights), metadata={"format": "personsearch-checkpoint"})
+        record = weights.with_suffix(".json")  # re-recorded: a replaced file is refused before its shapes are read
+        meta = json.loads(record.read_text())
+        meta["weights_sha256"] = sha256_file(weights)
+        record.write_text(json.dumps(meta))
     result = invoke("eval", run, "--json")
     assert_input_error(result, "resblocks.0.mlp.c_fc.weight")
 

@@ -18,7 +18,6 @@ import yaml
 
 from personsearch.engine.state import read_weights_meta
 from personsearch.errors import InputError
-from personsearch.io import sha256_file
 from personsearch.runs import CONFIG_FILE, is_run, latest_run
 from personsearch.settings import Settings, load_run_settings, resolve_settings
 
@@ -58,12 +57,16 @@ def irra_settings(config_path: Path) -> Settings:
     """Our settings from an IRRA ``configs.yaml`` (the keys that shape the model and its inputs)."""
     try:
         args = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_IrraLoader)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{config_path} is not a readable IRRA configs.yaml ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise InputError(f"{config_path} is not a readable IRRA configs.yaml ({str(exc)[:200]})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {config_path}: {exc.strerror or exc}") from None
     if not isinstance(args, dict):
         raise InputError(f"{config_path} is not an IRRA configs.yaml (expected a mapping)")
     model: dict[str, Any] = {"pretrained": None}
     if "img_size" in args:
+        if not isinstance(args["img_size"], (list, tuple)):
+            raise InputError(f"{config_path}: img_size is {str(args['img_size'])[:40]!r}, not [height, width]")
         model["image_size"] = list(args["img_size"])
     for ours, theirs in (("stride", "stride_size"), ("temperature", "temperature"), ("cmt_depth", "cmt_depth"),
                          ("text_length", "text_length"), ("vocab_size", "vocab_size")):
@@ -91,6 +94,7 @@ def load_trained(
     most recent run under ``output_dir`` that has weights.
     """
     from personsearch.model import load_clip
+    from personsearch.model.weights_trust import file_sha256, weights_for_file
 
     if source is None:
         found = latest_run(output_dir, require="checkpoints/last.safetensors")
@@ -106,28 +110,18 @@ def load_trained(
             raise InputError(f"IRRA run {path} has no best.pth or last.pth")
         settings = irra_settings(path / IRRA_CONFIG)
         clip = load_clip(weights, image_size=settings.model.image_size, stride=settings.model.stride)
-        fingerprint = model_fingerprint(sha256_file(weights), settings)
+        fingerprint = model_fingerprint(file_sha256(weights)[0], settings)
         return TrainedModel(clip.eval(), settings, path, weights, fingerprint, "irra")
     run = _find_run(path)
     if run is None:
         raise InputError(f"{path} is not a run folder (no {CONFIG_FILE} beside its checkpoints)",
                          hint="pass a folder made by `personsearch train`, or an IRRA run with configs.yaml")
     settings = load_run_settings(run)
-    if path.is_file():
-        weights, meta = path, _meta_beside(path)
+    if path.is_file():  # a checkpoint inside the run: verified against its record, when it has one
+        weights, meta = weights_for_file(path)
     else:
         weights, meta = read_weights_meta(run, which)
     clip = load_clip(weights, image_size=settings.model.image_size,
                      stride=settings.model.stride)
-    digest = meta.get("weights_sha256") or sha256_file(weights)
+    digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
     return TrainedModel(clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run")
-
-
-def _meta_beside(weights: Path) -> dict[str, Any]:
-    meta_path = weights.with_suffix(".json")
-    if meta_path.is_file():
-        try:
-            return json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}

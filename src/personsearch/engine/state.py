@@ -11,7 +11,9 @@ Layout under ``<run>/checkpoints/``::
 
 A state folder appears whole or not at all (rename), and ``last.json`` is replaced atomically after
 it, so a SIGKILL at any moment leaves the previous complete checkpoint usable. Nothing here is a
-pickle: loading never executes code.
+pickle: loading never executes code. Every record holds the sha256 of its weights; weights that do
+not match their record are refused (see :mod:`personsearch.model.weights_trust`), and a record
+that cannot be read names itself and says the run is damaged.
 """
 
 from __future__ import annotations
@@ -19,24 +21,39 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from personsearch.errors import InputError
 from personsearch.io import atomic_directory, atomic_write_json, sha256_file
+from personsearch.model.weights_trust import (
+    FORMAT,
+    FORMAT_VERSION,
+    STATE_DIR,
+    ensure_unchanged,
+    file_sha256,
+    load_safetensors,
+    read_record,
+    run_weights,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "personsearch-checkpoint"
-FORMAT_VERSION = 1
-_STATE_DIR = re.compile(r"^state-(\d{8})$")
+_STATE_DIR = STATE_DIR
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what every other output gets (safetensors writes 0600)
 
 
 @dataclass
@@ -55,7 +72,7 @@ class Checkpoint:
         return int(self.meta["step"])
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        return _load_tensors(self.path / "model.safetensors")
+        return _load_tensors(self.path / "model.safetensors", self.meta.get("weights_sha256"))
 
     def optimizer_state(self, template: torch.optim.Optimizer) -> dict[str, Any]:
         return _optimizer_from_files(self.path, self.meta["optimizer"], template)
@@ -65,13 +82,19 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except FileNotFoundError:
-        raise InputError(f"checkpoint file missing: {path}") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"checkpoint file {path} is corrupt or truncated ({exc})") from None
+def _load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A state folder's tensors; checked against the sha256 its state.json recorded, when it did."""
+    if not path.is_file():
+        raise InputError(f"this run's checkpoint is damaged: {path} is missing",
+                         hint="`personsearch train --resume RUN` needs a complete state folder; re-train")
+    if expected_sha256 is not None and file_sha256(path)[0] != expected_sha256:
+        raise InputError(f"{path} does not match what the run recorded in {path.parent / 'state.json'}: its "
+                         "sha256 differs, so the file was replaced or damaged after training wrote it",
+                         hint="restore the file, or start a new run with --name; nothing was loaded")
+    tensors = load_safetensors(path)
+    if expected_sha256 is not None:
+        ensure_unchanged(path, expected_sha256)
+    return tensors
 
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -90,10 +113,14 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
 
 
 def _optimizer_from_files(folder: Path, described: dict[str, Any], template: torch.optim.Optimizer) -> dict:
-    tensors = _load_tensors(folder / "optimizer.safetensors")
+    path = folder / "optimizer.safetensors"
+    tensors = _load_tensors(path)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
-        index, name = key.split(".", 1)
+        index, _, name = key.partition(".")
+        if not index.isdigit() or not name or len(index) > 9:
+            raise InputError(f"this run's checkpoint is damaged: {path} holds a tensor named {key[:80]!r}, "
+                             "not <param index>.<name>", hint="re-train, or resume from an intact copy of the run")
         state.setdefault(int(index), {})[name] = value
     for index, values in described.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(values)
@@ -134,27 +161,60 @@ def save_training_state(
     """Write a complete state folder, then point ``last`` (and ``best`` if asked) at its weights."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _complete_publication(folder)
     step = int(meta["step"])
     target = folder / f"state-{step:08d}"
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(target) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        os.chmod(tmp / "model.safetensors", _FILE_MODE)
+        meta["weights_sha256"] = sha256_file(tmp / "model.safetensors")
         if optimizer is not None:
             tensors, described = _optimizer_to_files(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
+            os.chmod(tmp / "optimizer.safetensors", _FILE_MODE)
             meta["optimizer"] = described
         (tmp / "state.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
     public = {k: v for k, v in meta.items() if k != "optimizer"}
     public["state"] = target.name
-    public["weights_sha256"] = sha256_file(target / "model.safetensors")
-    _link_or_copy(target / "model.safetensors", folder / "last.safetensors")
+    # The record goes first: killed between the two, the record names this state folder, whose
+    # weights carry the recorded hash; readers refuse the pair and the next save completes it
+    # (_complete_publication). The other order would leave weights no record describes.
     atomic_write_json(folder / "last.json", json.loads(json.dumps(public, default=_json_default)))
+    _link_or_copy(target / "model.safetensors", folder / "last.safetensors")
     if best:
-        _link_or_copy(target / "model.safetensors", folder / "best.safetensors")
         atomic_write_json(folder / "best.json", json.loads(json.dumps(public, default=_json_default)))
+        _link_or_copy(target / "model.safetensors", folder / "best.safetensors")
     _prune(folder, keep=keep)
     return Checkpoint(target, meta)
+
+
+def _complete_publication(folder: Path) -> None:
+    """Finish what a killed save left half done: a record (``best.json``/``last.json``) naming a state
+    folder whose weights it describes, while ``best``/``last.safetensors`` are still the old ones.
+    Readers refuse such a pair; the trainer, which may write, links the recorded weights."""
+    for tag in ("last", "best"):
+        record, weights = folder / f"{tag}.json", folder / f"{tag}.safetensors"
+        if not record.is_file():
+            continue
+        try:
+            meta = read_record(record)
+        except InputError:
+            continue  # damaged: this save replaces last; a damaged best stays named until replaced
+        source = folder / str(meta.get("state")) / "model.safetensors"
+        if not meta.get("state") or not source.is_file():
+            continue
+        try:
+            if weights.is_file() and os.path.samefile(weights, source):
+                continue
+            if weights.is_file() and file_sha256(weights)[0] == meta["weights_sha256"]:
+                continue
+            if file_sha256(source)[0] == meta["weights_sha256"]:
+                log.warning("completing an interrupted save: linking %s to %s", weights, source)
+                _link_or_copy(source, weights)
+        except OSError:
+            continue
 
 
 def _json_default(value: Any) -> Any:
@@ -180,36 +240,90 @@ def _prune(folder: Path, keep: int) -> None:
 
 
 def load_training_state(run_dir: str | Path) -> Checkpoint | None:
-    """The newest complete state folder of a run, or None when it has none yet."""
-    for candidate in reversed(_state_folders(checkpoint_dir(run_dir))):
-        meta_path = candidate / "state.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring incomplete checkpoint %s", candidate)
-            continue
-        version = int(meta.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise InputError(f"checkpoint {candidate} has format version {version}; this personsearch reads "
-                             f"version {FORMAT_VERSION}", hint="upgrade personsearch")
-        return Checkpoint(candidate, meta)
-    return None
+    """The newest state folder of a run, its state.json checked; None when it has none yet.
+
+    State folders appear whole (a rename), so an unreadable newest one is damage, not a write in
+    progress: it is named, never silently skipped for an older one.
+    """
+    folders = _state_folders(checkpoint_dir(run_dir))
+    if not folders:
+        return None
+    candidate = folders[-1]
+    older = f"; or remove {candidate.name} to resume from {folders[-2].name}" if len(folders) > 1 else ""
+    hint = f"restore {candidate} from a backup, or start a new run with --name{older}"
+    meta_path = candidate / "state.json"
+    if not meta_path.is_file():
+        raise InputError(f"this run's checkpoint is damaged: {meta_path} is missing", hint=hint)
+    try:
+        meta = read_record(meta_path, need_sha=False)
+        _check_state_meta(meta_path, meta, candidate)
+    except InputError as exc:
+        if exc.hint == "upgrade personsearch":  # a newer format is not damage
+            raise
+        raise InputError(exc.message, hint=hint) from None
+    return Checkpoint(candidate, meta)
+
+
+def _check_state_meta(path: Path, meta: dict[str, Any], folder: Path) -> None:
+    """What resuming reads from state.json, type-checked (read_record checked the counters)."""
+    def damaged(detail: str) -> InputError:
+        return InputError(f"this run's checkpoint is damaged: {path} {detail}")
+
+    for key in ("epoch", "step"):
+        if key not in meta:
+            raise damaged(f"lacks {key!r}")
+    if not isinstance(meta.get("scheduler"), dict):
+        raise damaged("lacks the scheduler state ('scheduler' is not a mapping)")
+    optimizer = meta.get("optimizer")
+    if optimizer is None:
+        if (folder / "optimizer.safetensors").is_file():
+            raise damaged("lacks the optimizer description for optimizer.safetensors")
+        return
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    scalars = optimizer.get("scalars", {}) if isinstance(optimizer, dict) else None
+    if (not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                 for g in groups)):
+        raise damaged("has an optimizer description without param_groups")
+    if not isinstance(scalars, dict) or not all(
+        isinstance(k, str) and k.isdigit() and len(k) <= 9 and isinstance(v, dict) for k, v in scalars.items()
+    ):
+        raise damaged("has optimizer scalars that are not keyed by parameter index")
 
 
 def read_weights_meta(run_dir: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
-    """The weights file of a run (``best`` falling back to ``last``) and its metadata."""
+    """The weights file of a run (``best`` falling back to ``last`` when the run has no best yet) and
+    its record, the weights verified against the sha256 the record holds."""
     folder = checkpoint_dir(run_dir)
     for tag in (which, "last") if which == "best" else (which,):
-        weights, meta_path = folder / f"{tag}.safetensors", folder / f"{tag}.json"
-        if weights.is_file() and meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{meta_path} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-            version = int(meta.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise InputError(f"{weights} has checkpoint format version {version}; this personsearch reads "
-                                 f"version {FORMAT_VERSION}", hint="upgrade personsearch")
-            return weights, meta
+        found = run_weights(folder, tag, required=True)
+        if found is not None:
+            return found
     raise InputError(f"run {run_dir} has no weights yet (no {which}.safetensors in {folder})",
                      hint="train it first with `personsearch train`, or pass a run that finished an epoch")
+
+
+def record_evaluation(run_dir: str | Path, checkpoint: Checkpoint, metrics: dict[str, Any],
+                      best_metrics: dict[str, Any], is_best: bool) -> None:
+    """Add an evaluation to a checkpoint saved before it ran (training saves first, so a failed
+    evaluation never costs trained weights): its ``state.json``, ``last.json`` and, when it is the
+    best so far, ``best.safetensors``/``best.json``."""
+    folder = checkpoint_dir(run_dir)
+    meta = {**checkpoint.meta, "metrics": metrics, "best": best_metrics, "pending_eval": False}
+    atomic_write_json(checkpoint.path / "state.json", json.loads(json.dumps(meta, default=_json_default)))
+    checkpoint.meta = meta
+    last_path = folder / "last.json"
+    public = {k: v for k, v in meta.items() if k != "optimizer"}
+    public["state"] = checkpoint.path.name
+    try:
+        previous = json.loads(last_path.read_text())
+        if isinstance(previous, dict) and previous.get("state") == checkpoint.path.name:
+            public["weights_sha256"] = previous.get("weights_sha256")
+    except (OSError, ValueError):
+        pass
+    if not public.get("weights_sha256"):
+        public["weights_sha256"] = sha256_file(checkpoint.path / "model.safetensors")
+    public = json.loads(json.dumps(public, default=_json_default))
+    atomic_write_json(last_path, public)
+    if is_best:  # record first, as in save_training_state
+        atomic_write_json(folder / "best.json", public)
+        _link_or_copy(checkpoint.path / "model.safetensors", folder / "best.safetensors")

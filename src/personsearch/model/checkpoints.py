@@ -1,11 +1,13 @@
 """Load CLIP weights from every format people have them in, always to OpenAI's parameter names.
 
-Formats: OpenAI's TorchScript archives, plain state-dict files (read with ``weights_only=True``, so
-a pickle that would run code is refused, never executed), ``.safetensors``, Hugging Face CLIP
-folders, IRRA checkpoints (``{"model": ...}`` with a ``base_model.`` prefix) and our own run
-folders. A model name such as ``ViT-B/16`` resolves to a file the user placed locally; nothing is
-ever downloaded. The visual position table is resized to the model's patch grid the way IRRA does
-(bilinear, ``align_corners=False``).
+Formats: OpenAI's TorchScript archives (their tensors read without running the archive's code, see
+:mod:`personsearch.model.torchscript`), plain state-dict files (read with ``weights_only=True``, so
+a pickle that would run code is refused, never executed), ``.safetensors`` (header validated first),
+Hugging Face CLIP folders, IRRA checkpoints (``{"model": ...}`` with a ``base_model.`` prefix) and
+our own run folders, whose weights must match the sha256 the run recorded. A model name such as
+``ViT-B/16`` resolves to a file the user placed locally; nothing is ever downloaded. The visual
+position table is resized to the model's patch grid the way IRRA does (bilinear,
+``align_corners=False``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import math
 import os
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ from torch import Tensor
 
 from personsearch.errors import InputError
 from personsearch.model.clip import CLIP, CLIPConfig, config_from_state_dict, patch_grid
+from personsearch.model.torchscript import is_torchscript, read_torchscript
+from personsearch.model.weights_trust import (
+    CONFIG_FILE,
+    STATE_DIR,
+    ensure_unchanged,
+    load_safetensors,
+    run_weights,
+    weights_for_file,
+)
 
 __all__ = [
     "CLIP_DIR_ENV",
@@ -78,30 +88,6 @@ def resolve_model_name(name: str) -> Path:
 # ------------------------------------------------------------------------------ file readers
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(name.endswith("constants.pkl") or "/code/" in name for name in names)
-
-
-def _read_torchscript(path: Path) -> dict[str, Tensor]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice is not the user's concern
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError subclasses with long C++ traces
-        raise InputError(
-            f"cannot read TorchScript archive {path}: {str(exc).splitlines()[0]}",
-            hint="the file may be truncated; copy it again",
-        ) from None
-    return dict(module.state_dict())
-
-
 def _read_pickle(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -123,25 +109,20 @@ def _read_pickle(path: Path) -> Any:
         ) from None
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(
-            f"cannot read {path}: the safetensors file is truncated or corrupt ({exc})",
-            hint="copy or write it again",
-        ) from None
-
-
 def _read_file(path: Path) -> Any:
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    if _is_torchscript(path):
-        return _read_torchscript(path)
+        return load_safetensors(path)
+    if is_torchscript(path):
+        return read_torchscript(path)
     return _read_pickle(path)
+
+
+def _read_verified(path: Path, meta: dict[str, Any] | None) -> Any:
+    """Read a weights file checked against its run record; refuse if it changed during the read."""
+    content = _read_file(path)
+    if meta and meta.get("weights_sha256"):
+        ensure_unchanged(path, meta["weights_sha256"])
+    return content
 
 
 # --------------------------------------------------------------------------- name conversion
@@ -243,9 +224,9 @@ def _read_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON errors
         raise InputError(
-            f"cannot read {config_path}: {exc}", hint="it must be a Hugging Face CLIP config"
+            f"cannot read {config_path}: {str(exc)[:200]}", hint="it must be a Hugging Face CLIP config"
         ) from None
     heads: dict[str, int] = {}
     for section, field in (("vision_config", "vision_heads"), ("text_config", "text_heads")):
@@ -279,7 +260,7 @@ def _run_heads(run_dir: Path) -> dict[str, int]:
     """Attention heads saved in a run's config.yaml (they cannot be read from the weights)."""
     import yaml
 
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
@@ -291,11 +272,18 @@ def _run_heads(run_dir: Path) -> dict[str, int]:
 
 
 def _read_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
-    for candidates, run_dir in ((folder / "checkpoints", folder), (folder, folder.parent)):
-        for name in _RUN_CHECKPOINTS:
-            path = candidates / name
-            if path.is_file():
-                return _strip_prefixes(_unwrap(_read_file(path), path)), _run_heads(run_dir)
+    places = [(folder / "checkpoints", folder)]
+    if folder.name == "checkpoints" or any((folder / name).is_file() for name in _RUN_CHECKPOINTS):
+        places.append((folder, folder.parent))  # the checkpoints folder itself
+    for candidates, run_dir in places:
+        if not candidates.is_dir():
+            continue
+        for tag in ("best", "last"):
+            # a run (config.yaml beside its checkpoints) must have the record of its weights
+            found = run_weights(candidates, tag, required=(run_dir / CONFIG_FILE).is_file())
+            if found is not None:
+                path, meta = found
+                return _strip_prefixes(_unwrap(_read_verified(path, meta), path)), _run_heads(run_dir)
     if (folder / "config.json").is_file():
         return _read_hf_folder(folder)
     if (folder / "checkpoints").is_dir():
@@ -322,15 +310,26 @@ def _read(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, 
     if path.is_dir():
         state_dict, heads = _read_folder(path)
     else:
-        state_dict = _strip_prefixes(_unwrap(_read_file(path), path))
+        path, meta = weights_for_file(path)  # a run's weights: checked against what the run recorded
+        state_dict = _strip_prefixes(_unwrap(_read_verified(path, meta), path))
+        run_dir = _run_of_weights(path)
         if _is_hf(state_dict):
             state_dict = convert_hf_state_dict(state_dict)
-        elif path.parent.name == "checkpoints":  # a weights file inside a run: its heads are in config.yaml
-            heads = _run_heads(path.parent.parent)
+        elif run_dir is not None:  # a weights file inside a run: its heads are in config.yaml
+            heads = _run_heads(run_dir)
     for key in _OPENAI_EXTRA_KEYS:
         state_dict.pop(key, None)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     return state_dict, heads, path
+
+
+def _run_of_weights(path: Path) -> Path | None:
+    """The run folder of ``checkpoints/*.safetensors`` or ``checkpoints/state-*/model.safetensors``."""
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    if STATE_DIR.match(path.parent.name) and path.parent.parent.name == "checkpoints":
+        return path.parent.parent.parent
+    return None
 
 
 def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
