@@ -60,3 +60,10 @@ def tiny_sets(*extra: str) -> list[str]:
     for item in [*TINY_SETS, *extra]:
         out += ["--set", item]
     return out
+
+
+def raw_entries(raw: Path) -> list[dict]:
+    """The annotation entries of a CUHK-PEDES-layout raw dataset."""
+    import json
+
+    return json.loads((raw / "reid_raw.json").read_text())

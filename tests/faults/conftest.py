@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,11 @@ def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     run = create_run(settings, name="tiny", output_dir=parent)
     train(settings, settings.data.root, run)
     return run
+
+
+@pytest.fixture()
+def raw_copy(synthetic_raw: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic raw dataset, for cases that damage it."""
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic_raw, raw)
+    return raw

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from ._support import assert_input_error, invoke, tiny_sets, tree_digest
+from ._support import raw_entries as _entries
 
 pytestmark = pytest.mark.faults
 
@@ -25,15 +26,6 @@ pytestmark = pytest.mark.faults
 # prepare: annotation entries and image files
 
 
-@pytest.fixture()
-def raw_copy(synthetic_raw: Path, tmp_path: Path) -> Path:
-    raw = tmp_path / "raw"
-    shutil.copytree(synthetic_raw, raw)
-    return raw
-
-
-def _entries(raw: Path) -> list[dict]:
-    return json.loads((raw / "reid_raw.json").read_text())
 
 
 def _save_entries(raw: Path, entries: list[dict]) -> None:

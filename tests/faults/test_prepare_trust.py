@@ -16,19 +16,11 @@ import numpy as np
 import pytest
 
 from ._support import REPO, assert_input_error, invoke, tree_digest
+from ._support import raw_entries as _entries
 
 pytestmark = pytest.mark.faults
 
 
-@pytest.fixture()
-def raw_copy(synthetic_raw: Path, tmp_path: Path) -> Path:
-    raw = tmp_path / "raw"
-    shutil.copytree(synthetic_raw, raw)
-    return raw
-
-
-def _entries(raw: Path) -> list[dict]:
-    return json.loads((raw / "reid_raw.json").read_text())
 
 
 def _save(raw: Path, entries: list) -> None:
