@@ -21,6 +21,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device {name!r} requested but MPS is not available", hint="use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {name!r}: personsearch trains on cpu, cuda or cuda:N",
+                         hint="use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} requested but CUDA is not available", hint="use --device cpu")

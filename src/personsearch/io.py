@@ -90,36 +90,88 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _special_file(path: Path, exc: OSError | None = None) -> InputError:
+    """A run's own file (log, metrics, lock) that is a symlink, folder, FIFO or device: writing or
+    reading through it could change a user's file elsewhere or block forever, so it is refused."""
+    try:
+        import stat
+
+        mode = os.lstat(path).st_mode
+        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "not a regular file (a pipe, device or socket)")
+    except OSError:
+        kind = f"unusable ({exc.strerror if exc is not None else 'cannot be read'})"
+    return InputError(f"{path} is {kind}; personsearch writes its own regular file there and never "
+                      "follows a link or opens a special file", hint=f"move {path} away (it is yours), then run again")
+
+
+def _open_own_file(path: Path, flags: int) -> int:
+    """Open a file this tool writes in place (appended or locked), never through a symlink or into
+    a FIFO/device: O_NOFOLLOW + O_NONBLOCK, then the opened object must be a regular file."""
+    import stat
+
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENOTDIR):
+            raise _special_file(path, exc) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _special_file(path)
+    return fd
+
+
 def append_line(path: str | Path, line: str) -> None:
     """Append one line and fsync it (logs and metrics.jsonl grow line by line; a torn last line is
-    skipped by readers)."""
+    skipped by readers). A symlink or special file in its place is refused, never written through."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(path, "a", encoding="utf-8") as handle:
+        fd = _open_own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(line.rstrip("\n") + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+    except InputError:
+        raise
     except OSError as exc:
         raise _disk_error(path, exc) from None
 
 
+#: A JSON-lines record longer than this is not one of ours (metrics lines are a few hundred bytes).
+MAX_JSONL_LINE = 1 << 20
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream a JSON-lines file's objects in bounded memory, skipping a torn final line, overlong
+    lines and lines that are not JSON objects. A FIFO, device or symlink in its place is refused."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    with os.fdopen(_open_own_file(path, os.O_RDONLY), "rb") as handle:
+        while True:
+            raw = handle.readline(MAX_JSONL_LINE + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_JSONL_LINE:
+                while raw and not raw.endswith(b"\n"):  # skip the rest of an overlong line
+                    raw = handle.readline(MAX_JSONL_LINE)
+                continue
+            text = raw.decode("utf-8", errors="replace")
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(value, dict):
+                yield value
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file, ignoring a torn final line left by a crash."""
-    rows: list[dict[str, Any]] = []
-    path = Path(path)
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            rows.append(value)
-    return rows
+    return list(iter_jsonl(path))
 
 
 _RENAME_EXCHANGE = 2
@@ -252,20 +304,18 @@ class RunLock:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            # Never through a symlink (the pid would overwrite the file it points to), never a FIFO.
+            fd = _open_own_file(self.path, os.O_CREAT | os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = self._holder(fd)
                 os.close(fd)
-                raise self._in_use(self._holder()) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # released (unlinked) between our open and flock: try the new file
+                raise self._in_use(holder) from None
+            if not self._is_current(fd):  # released (unlinked) between our open and flock: try the new file
                 os.close(fd)
                 continue
-            holder = self._holder()
+            holder = self._holder(fd)
             if holder is not None and holder != os.getpid() and _pid_alive(holder):
                 os.close(fd)
                 raise self._in_use(holder)
@@ -278,6 +328,14 @@ class RunLock:
             return self
         raise InputError(f"could not lock {self.folder}: another process keeps taking it")
 
+    def _is_current(self, fd: int) -> bool:
+        """``fd`` is still the file at ``self.path`` (not unlinked or replaced meanwhile)."""
+        try:
+            here, mine = os.lstat(self.path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
     def _in_use(self, holder: int | None) -> InputError:
         who = f"process {holder}" if holder else "another process"
         return InputError(
@@ -285,16 +343,19 @@ class RunLock:
             hint=f"wait for it to finish, or remove {self.path} if that process is not personsearch",
         )
 
-    def _holder(self) -> int | None:
+    @staticmethod
+    def _holder(fd: int) -> int | None:
+        """The pid in the lock file, read from the open file and bounded (a pid is a few digits)."""
         try:
-            return int(self.path.read_text().strip() or "0")
+            text = os.pread(fd, 32, 0).decode("ascii").strip()
+            return int(text or "0") if len(text) < 20 else None
         except (OSError, ValueError):
             return None
 
     def release(self) -> None:
-        if self._held and self._holder() == os.getpid():
-            self.path.unlink(missing_ok=True)
         if self._fd is not None:
+            if self._held and self._holder(self._fd) == os.getpid() and self._is_current(self._fd):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
         self._held = False

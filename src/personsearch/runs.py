@@ -28,6 +28,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "log.txt"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 RUN_KIND = "run"
 
 
@@ -47,7 +48,7 @@ def create_run(settings: Settings, name: str | None = None, output_dir: str | Pa
     if run_dir.exists() or run_dir.is_symlink():
         if run_dir.is_symlink() or not run_dir.is_dir():
             raise InputError(f"run folder {run_dir} exists and is not a folder", hint="choose another --name")
-        if any(run_dir.iterdir()):
+        if any(child.name != LOCK_FILE for child in run_dir.iterdir()):  # our own lock: held by the caller
             if not exist_ok:
                 raise InputError(
                     f"run folder {run_dir} already exists",
@@ -70,6 +71,8 @@ def held_run(settings: Settings, run_dir: str | Path, new: bool, writer: bool = 
     """Create (``new``) and lock a run for training; on any failure before its first checkpoint,
     Ctrl-C included, remove everything this call created, so the same name can be used again.
 
+    The lock is taken before anything is written, and only a caller that won it ever removes
+    anything: two ``train --name same`` started together cannot delete each other's run.
     ``writer`` is False on the other ranks of a distributed run: they neither create nor lock.
     """
     run_dir = Path(run_dir)
@@ -79,22 +82,125 @@ def held_run(settings: Settings, run_dir: str | Path, new: bool, writer: bool = 
     existed = run_dir.is_dir()  # an empty folder the user made: emptied again on failure, kept
     made = _missing_ancestors(run_dir.parent)  # parents this run creates, removed with it on failure
     if new:
-        create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
+        check_new_run_dir(run_dir)  # refused here, before anything (the lock included) is created
+        ensure_writable(run_dir, option="run folder")
     lock = RunLock(run_dir)
     try:
         lock.acquire()
+    except BaseException:
+        if new and not existed:
+            _remove_if_empty([run_dir, *made])
+        raise
+    try:
         if new:
+            check_new_run_dir(run_dir)  # again, under the lock: another process may have won the name
+        else:
+            check_run_files(run_dir)
+    except BaseException:  # refused: what is there now is not ours to remove
+        lock.release()
+        if new and not existed:
+            _remove_if_empty([run_dir, *made])
+        raise
+    try:
+        if new:
+            create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
             setup_logging(run_dir)  # a resumed run's log is opened once its checks pass
         yield run_dir
     except BaseException:
         if new and not _has_checkpoint(run_dir):
             close_run_log()
-            lock.release()
-            _remove_new_run(run_dir, existed, made)
+            _remove_new_run(run_dir, existed, made, lock)
         raise
     finally:
         lock.release()
         close_run_log()
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """The checks ``create_run`` makes, without creating anything."""
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        return
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise InputError(f"run folder {run_dir} exists and is not a folder", hint="choose another --name")
+    if any(child.name != LOCK_FILE for child in run_dir.iterdir()):
+        raise InputError(f"run folder {run_dir} already exists",
+                         hint="choose another --name, or continue it with --resume")
+
+
+def check_run_files(run_dir: str | Path) -> None:
+    """Refuse a run whose own files were replaced by links or special files: training appends to
+    ``log.txt`` and ``metrics.jsonl`` and writes under ``checkpoints/`` in place, so a symlink there
+    would change a file outside the run, and a FIFO would block forever."""
+    import stat
+
+    run_dir = Path(run_dir)
+    for name, want_dir in ((CONFIG_FILE, False), (METRICS_FILE, False), (LOG_FILE, False),
+                           (CHECKPOINT_DIR, True)):
+        path = run_dir / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(mode):
+            kind = "a symbolic link"
+        elif want_dir and not stat.S_ISDIR(mode):
+            kind = "not a folder"
+        elif not want_dir and not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+        else:
+            continue
+        raise InputError(
+            f"{path} is {kind}: this run's own {'folder' if want_dir else 'file'} was replaced, and personsearch "
+            "never writes through a link or into a special file",
+            hint=f"put the run's {name} back (or move that entry away), then run again; nothing was changed",
+        )
+
+
+def check_outside_inputs(run_dir: str | Path, data_root: str | Path | None, raw_root: str | Path | None = None) -> None:
+    """A run must not land inside its prepared dataset or the raw image folder (a later `prepare`
+    would replace the folder and the run with it; the inputs would change), nor contain them."""
+    target = Path(run_dir).resolve()
+    if raw_root is None and data_root is not None:
+        raw_root = _manifest_raw_root(Path(data_root))
+    for what, root in (("prepared dataset", data_root), ("raw image folder", raw_root)):
+        if root is None:
+            continue
+        source = Path(root).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise InputError(
+                f"run folder {run_dir} {'lies inside' if source in target.parents else 'overlaps'} the {what} "
+                f"{root}; training never writes into its inputs",
+                hint="choose another runtime.output_dir (e.g. runs/)",
+            )
+
+
+def _manifest_raw_root(data_root: Path) -> str | None:
+    """The raw image folder a prepared dataset names (a small, bounded read; None when unreadable)."""
+    import json
+
+    path = data_root / "manifest.json"
+    try:
+        if not path.is_file() or path.stat().st_size > (64 << 20):
+            return None
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16).decode("utf-8", errors="replace")
+        marker = head.find('"raw_root"')
+        if marker < 0:
+            return None
+        value, _ = json.JSONDecoder().raw_decode(head[head.index(":", marker) + 1:].lstrip())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) and os.path.isabs(value) else None
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only while empty
+        except OSError:
+            break
 
 
 def _missing_ancestors(folder: Path) -> list[Path]:
@@ -115,20 +221,19 @@ def _has_checkpoint(run_dir: Path) -> bool:
         return True  # cannot tell: keep the folder
 
 
-def _remove_new_run(run_dir: Path, existed: bool, made: list[Path]) -> None:
-    if existed:
-        for child in run_dir.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in made:
-        try:
-            parent.rmdir()  # only while empty
-        except OSError:
-            break
+def _remove_new_run(run_dir: Path, existed: bool, made: list[Path], lock: RunLock) -> None:
+    """Remove what a refused new run wrote, while still holding its lock (the lock file last), so a
+    process that takes the name meanwhile never loses its files."""
+    for child in list(run_dir.iterdir()):
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    lock.release()
+    if not existed:
+        _remove_if_empty([run_dir, *made])
 
 
 def close_run_log() -> None:
@@ -167,6 +272,8 @@ def setup_logging(run_dir: str | Path | None = None, level: int = logging.INFO) 
     if run_dir is not None:
         path = Path(run_dir) / LOG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+            check_run_files(run_dir)  # log.txt a link or special file: FileHandler would follow it
         for handler in list(logger.handlers):
             if isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)

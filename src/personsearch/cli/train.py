@@ -38,13 +38,12 @@ def train(
     json_: JsonOption = False,
 ) -> None:
     """Train a model; writes runs/<name>/ (config.yaml, metrics.jsonl, log.txt, checkpoints/)."""
-    if nproc is not None and nproc > 1:
-        _launch_torchrun(nproc, name)
-        return
+    if nproc is not None:
+        _check_nproc(nproc, device)
 
     from personsearch.engine.train import train as run_training
     from personsearch.io import safe_component
-    from personsearch.runs import held_run, is_run, new_run_name
+    from personsearch.runs import check_new_run_dir, check_outside_inputs, held_run, is_run, new_run_name
     from personsearch.settings import load_run_settings, resolve_settings
 
     overrides: dict[str, object] = {
@@ -83,6 +82,17 @@ def train(
     if settings.data.root is None:
         raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
 
+    check_outside_inputs(run_dir, settings.data.root)  # before the run folder is made, not after
+    if nproc is not None and nproc > 1:
+        # Input errors are found here, once, with exit 2: under torchrun they would surface as its
+        # own traceback and exit 1 from every process.
+        if resume is None:
+            check_new_run_dir(run_dir)
+        from personsearch.accel import check_precision, resolve_device
+
+        check_precision(settings.runtime.precision, resolve_device(settings.runtime.device))
+        _launch_torchrun(nproc, None if resume is not None else run_dir.name)
+        return
     with held_run(settings, run_dir, new=resume is None, writer=rank == 0):
         if settings.model.pretrained is None and rank == 0:
             stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
@@ -120,10 +130,25 @@ def _safe_stem(config: object) -> str:
     return stem[:64] or "run"
 
 
+def _check_nproc(nproc: int, device: str | None) -> None:
+    """One process per GPU (or, on the CPU, at most one per core): anything else is a typo that would
+    start hundreds of training processes, or none."""
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}: give the number of training processes, 1 or more")
+    if nproc == 1:
+        return
+    import torch
+
+    on_gpu = torch.cuda.is_available() and (device or "auto") not in ("cpu",)
+    limit = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    if nproc > limit:
+        where = f"{limit} CUDA devices" if on_gpu else f"{limit} CPU cores"
+        raise InputError(f"--nproc {nproc} is more processes than this machine has {where}",
+                         hint=f"use --nproc {limit} or fewer")
+
+
 def _launch_torchrun(nproc: int, name: str | None) -> None:
     """Re-run this command under torch.distributed.run with N processes (same arguments)."""
-    from personsearch.runs import new_run_name
-
     args = []
     skip = False
     for arg in sys.argv[1:]:
@@ -136,8 +161,8 @@ def _launch_torchrun(nproc: int, name: str | None) -> None:
         if arg.startswith("--nproc="):
             continue
         args.append(arg)
-    if name is None and "--resume" not in args:
-        args += ["--name", new_run_name()]
+    if name is not None and not any(arg in ("--name", "-n") or arg.startswith("--name=") for arg in args):
+        args += ["--name", name]  # the default name, chosen once for every process
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "personsearch", *args]
     code = subprocess.call(command)

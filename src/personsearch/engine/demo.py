@@ -139,6 +139,7 @@ def run_demo(
     ensure_replaceable(out, DEMO_KIND, "demo folder", legacy=_is_legacy_demo)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
+        _check_own_entries(out)
         write_owner_marker(out, DEMO_KIND)
         _stage(hooks, f"drawing and preparing the synthetic dataset ({ids} identities)")
         data = prepare_demo_data(out, ids, seed, workers, hooks.on_data_progress)
@@ -187,6 +188,25 @@ def _is_legacy_demo(folder: Path) -> bool:
         return False
     value = json.loads(record.read_text(encoding="utf-8"))
     return isinstance(value, dict) and set(value) == {"ids", "seed"}
+
+
+def _check_own_entries(out: Path) -> None:
+    """A rerun clears and rewrites the demo's folders in place: one of them replaced by a symlink
+    would send the new data, checkpoints or index into the folder it points to (and clear that)."""
+    from personsearch.runs import check_run_files
+
+    for name in ("data", "data/raw", "run", "run-random", "run-attention"):
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise InputError(f"{path} is {'a symbolic link' if path.is_symlink() else 'not a folder'}: the demo "
+                             "writes its own folder there and never writes through a link",
+                             hint=f"move {path} away, or choose a new --out; nothing was changed")
+        if name.startswith("run") and path.is_dir():
+            check_run_files(path)
+            index = path / "index"
+            if index.is_symlink():
+                raise InputError(f"{index} is a symbolic link: the demo writes its own index there",
+                                 hint=f"move {index} away, or choose a new --out; nothing was changed")
 
 
 def _train_captions(prepared: Any) -> int:

@@ -139,6 +139,14 @@ def _optimizer_from_files(folder: Path, described: dict[str, Any], template: tor
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
+    """Point ``target`` at ``source``'s content atomically. Already the same file: nothing to do
+    (a rename between two links of one file is a no-op that would leave the temp link behind,
+    keeping pruned weights alive on disk)."""
+    try:
+        if target.is_file() and os.path.samefile(source, target):
+            return
+    except OSError:
+        pass
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -237,6 +245,21 @@ def _prune(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for stray in folder.glob(".state-*"):  # temp folders of interrupted writes
         shutil.rmtree(stray, ignore_errors=True)
+    for stray in folder.glob(".*.safetensors.*.tmp"):  # temp links of interrupted (or older) saves
+        pid = stray.name.rsplit(".", 2)[-2]
+        if stray.is_file() and not stray.is_symlink() and pid.isdigit() and (
+                int(pid) == os.getpid() or not _alive(int(pid))):
+            stray.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def load_training_state(run_dir: str | Path) -> Checkpoint | None:

@@ -27,8 +27,8 @@ from personsearch.engine.evaluate import evaluate_split
 from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.state import load_training_state, record_evaluation, save_training_state
 from personsearch.errors import InputError, RunFailure
-from personsearch.io import append_line, atomic_write_text, read_jsonl
-from personsearch.runs import CONFIG_FILE, METRICS_FILE, setup_logging
+from personsearch.io import append_line, atomic_open, atomic_write_text, iter_jsonl
+from personsearch.runs import CONFIG_FILE, METRICS_FILE, check_outside_inputs, check_run_files, setup_logging
 from personsearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,10 @@ def train(
         torch.cuda.set_device(device)
 
     prepared = PreparedDataset.load(data)
+    if info.is_main:
+        check_outside_inputs(run_dir, prepared.path, prepared.raw_root)
+        if resume:
+            check_run_files(run_dir)
     transform = build_transform(settings.model.image_size, train=True, augment=settings.data.augment)
     train_set = TrainCaptions(prepared, transform)
     per_rank_batch = settings.train.batch_size // info.world_size
@@ -505,13 +509,26 @@ def _load_resume_state(run_dir: Path, checkpoint: Any, model: Any, optimizer: An
 
 def _forget_metrics_after(path: Path, step: int) -> None:
     """Drop metric lines a killed run logged after its last checkpoint: the resumed run logs them
-    again, so the file reads as one uninterrupted run."""
+    again, so the file reads as one uninterrupted run. Streamed: the file may be large."""
     import json
 
-    rows = read_jsonl(path)
-    kept = [row for row in rows if int(row.get("step", 0)) <= step]
-    if len(kept) != len(rows) or (path.is_file() and not path.read_text().endswith("\n")):
-        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+    def step_of(row: dict[str, Any]) -> int:
+        try:
+            return int(row.get("step", 0))
+        except (TypeError, ValueError, OverflowError):
+            return 0
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)
+        torn = handle.read(1) != b"\n"
+    if not torn and all(step_of(row) <= step for row in iter_jsonl(path)):
+        return
+    with atomic_open(path, "w", encoding="utf-8") as out:
+        for row in iter_jsonl(path):
+            if step_of(row) <= step:
+                out.write(json.dumps(row) + "\n")
 
 
 def _main_thread() -> bool:
