@@ -417,6 +417,13 @@ class _Layers:
         self, target: dict[str, Any], values: Mapping[str, Any], source: str | Mapping[str, str], prefix: str
     ) -> None:
         for key, value in values.items():
+            if not isinstance(key, str):  # YAML reads `yes:`, `1:`, `~:` as a boolean, number, null
+                where = source if isinstance(source, str) else _nearest_origin(source, f"{prefix}.{key}")
+                raise InputError(
+                    f"key {_short_repr(key)} in {prefix or 'the top level'} (from {where}) is not a setting name",
+                    hint="YAML reads yes/no/on/off, numbers and ~ as values, not names; quote the key "
+                    f"or use one of: {', '.join(_known_keys(prefix)) or 'the documented keys'}",
+                )
             dotted = f"{prefix}.{key}" if prefix else str(key)
             origin = source if isinstance(source, str) else _nearest_origin(source, dotted)
             if isinstance(value, Mapping) and _is_section(dotted):
@@ -453,7 +460,13 @@ def _screen(value: Any, dotted: str, source: str) -> None:
                 f"invalid setting {_shown(dotted)} = {item!r} (from {source}): far outside any valid range",
                 hint="settings hold numbers of at most 19 digits",
             )
-        if isinstance(item, (str, bytes, int, float, bool)) or item is None:
+        if isinstance(item, (bytes, set, frozenset)):  # YAML !!binary, !!set: no setting holds them
+            kind = "binary data (!!binary)" if isinstance(item, bytes) else "an unordered set (!!set)"
+            raise InputError(
+                f"invalid setting {_shown(dotted)} (from {source}): {kind} is no setting value",
+                hint="write text as plain text and several values as a list in order, e.g. [384, 128]",
+            )
+        if isinstance(item, (str, int, float, bool)) or item is None:
             continue
         if depth >= MAX_DEPTH:
             raise InputError(
@@ -465,7 +478,7 @@ def _screen(value: Any, dotted: str, source: str) -> None:
         seen.add(id(item))
         if isinstance(item, Mapping):
             stack.extend((part, depth + 1) for pair in item.items() for part in pair)
-        elif isinstance(item, (list, tuple, set, frozenset)):
+        elif isinstance(item, (list, tuple)):
             stack.extend((part, depth + 1) for part in item)
 
 

@@ -309,3 +309,22 @@ def test_demo_refuses_an_unwritable_out(tmp_path):
     result = invoke("demo", "--out", str(blocker / "demo"), "--ids", "8", "--minutes", "0.05")
     assert_input_error(result, "--out")
     assert blocker.read_text() == "x"
+
+
+def test_an_epoch_whose_images_are_all_unreadable_fails_clearly(raw_copy, tmp_path):
+    from tests.conftest import TINY_SETS
+
+    from personsearch.data import prepare_dataset
+    from personsearch.engine.train import train
+    from personsearch.errors import RunFailure
+    from personsearch.settings import resolve_settings
+
+    from ._support import raw_entries
+
+    prepare_dataset("CUHK-PEDES", raw_copy, tmp_path / "prep", workers=1)
+    for entry in raw_entries(raw_copy):
+        if entry["split"] == "train":
+            (raw_copy / "imgs" / entry["file_path"]).write_bytes(b"gone")
+    settings = resolve_settings(sets=TINY_SETS + [f"data.root={tmp_path / 'prep'}", "train.epochs=1"], environ={})
+    with pytest.raises(RunFailure, match="no training image of epoch 1 could be read"):
+        train(settings, settings.data.root, tmp_path / "run")

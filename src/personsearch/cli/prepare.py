@@ -42,7 +42,7 @@ def prepare(
     ] = None,
     ids: Annotated[
         int | None,
-        typer.Option("--ids", min=3, help="synthetic: identities to draw [800].", show_default=False),
+        typer.Option("--ids", min=3, max=100_000, help="synthetic: identities to draw [800].", show_default=False),
     ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="synthetic: random seed [0].", show_default=False)
@@ -79,7 +79,6 @@ def prepare(
         except ImportError as exc:
             raise RunFailure(f"the synthetic dataset generator is not available ({exc})") from None
         from personsearch.data.prepared import check_output
-        from personsearch.io import ensure_writable
 
         if out is None:
             raise InputError("--out is required for `prepare synthetic`")
@@ -89,7 +88,7 @@ def prepare(
         if not check:
             check_output(out, raw, synthetic_raw=True)
         if preview is not None:
-            ensure_writable(preview, "--preview", folder=False)
+            _check_preview(preview, out, raw)
         quiet = common.state.quiet or json_
         status = contextlib.nullcontext() if quiet else common.stderr.status("drawing the synthetic dataset")
         with status:
@@ -105,6 +104,24 @@ def prepare(
         common.print_json(report.to_json())
         return
     _render(report, check)
+
+
+def _check_preview(preview: Path, out: Path, raw: Path) -> None:
+    """Refuse, before drawing, a --preview that is a folder or would overwrite what this command
+    writes (the prepared dataset, the raw dataset: e.g. ``--preview OUT/manifest.json``)."""
+    from personsearch.io import ensure_writable
+
+    ensure_writable(preview, "--preview", folder=False)
+    target = preview.expanduser().resolve()
+    if target.is_dir():
+        raise InputError(f"--preview {preview} is a folder", hint="give the name of a PNG file to write")
+    for option, folder in (("--out", out), ("--root", raw)):
+        inside = folder.expanduser().resolve()
+        if target == inside or target.is_relative_to(inside):
+            raise InputError(
+                f"--preview {preview} lies inside {option} {folder}, which this command writes",
+                hint="write the contact sheet outside the dataset folders; nothing was changed",
+            )
 
 
 def _render(report, check: bool) -> None:  # noqa: ANN001

@@ -15,10 +15,13 @@ datasets are far inside them (CUHK-PEDES: 20 MB, 34,054 entries of 2 captions of
 from __future__ import annotations
 
 import codecs
+import errno
+import functools
 import json
 import os
 import re
 import reprlib
+import stat
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
@@ -92,11 +95,55 @@ def locate_annotation(spec: FormatSpec, root: str | Path) -> tuple[Path, Path]:
             candidate = folder / name
             if candidate.is_file():
                 return folder.resolve(), candidate.resolve()
+            if os.path.lexists(candidate):  # there, but a folder, FIFO, device or broken link: say so
+                raise InputError(
+                    f"{spec.name} annotation file {candidate} is {_file_kind(candidate)}, not a regular file",
+                    hint=f"{name} must be the JSON file of the dataset; replace it with the real file",
+                )
     expected = " or ".join(str(root / name) for name in spec.annotation_files)
     raise InputError(
         f"{spec.name} annotation file not found: expected {expected}",
         hint=f"--root must be the {spec.name} folder (holding the JSON and imgs/) or its parent",
     )
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, socket, device or folder where a file was expected."""
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """Open ``path`` (links followed) for reading only if it is a regular file; never blocks,
+    so a FIFO named ``*.jpg`` or ``reid_raw.json`` is refused (``NotRegularFile``), not waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)", str(path))
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 # ------------------------------------------------------------------ reading the JSON entry by entry
@@ -240,10 +287,13 @@ def iter_annotation_list(path: Path) -> Iterator[Any]:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        handle = open(path, "rb")  # noqa: SIM115 (closed below; the generator may stop early)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        handle = open_regular_file(path)  # regular files only, never blocks (a FIFO, /dev/zero)
+        size = os.fstat(handle.fileno()).st_size
+    except NotRegularFile:
+        raise InputError(f"{path} is {_file_kind(path)}, not a regular file; an annotation file is JSON") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot read {path}: {reason}") from None
     if size > MAX_ANNOTATION_BYTES:
         handle.close()
         raise InputError(f"{path} is {size / 2**30:.1f} GiB; annotation files over 1 GiB are refused")
@@ -446,46 +496,85 @@ _IMAGE_ENDINGS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}
 def check_image(path: Path, base: Path, verify: bool = False) -> str | None:
     """Why ``path`` is not a usable image, or None. Cheap by default (header, size and, for JPEG
     and PNG, the end marker); ``verify`` decodes it fully. Paths resolving outside ``base``
-    (symlinks included) are refused before any byte is read."""
+    (symlinks included) are refused before any byte is read; the file is opened without
+    blocking and only as a regular file, in a format training will decode (``IMAGE_FORMATS``)."""
     from PIL import Image
+
+    from personsearch.data.transforms import IMAGE_FORMATS
 
     try:
         real = path.resolve(strict=True)
     except FileNotFoundError:
-        return "image file not found"
+        return "image file not found" + _near_miss(path)
     except (OSError, RuntimeError) as exc:
         return f"image path cannot be resolved ({exc})"
     if not real.is_relative_to(base):
         return "image path resolves outside the image folder (symlink?); not read"
-    if not real.is_file():
-        return "image path is not a regular file"
-    size = real.stat().st_size
-    if size == 0:
-        return "image file is empty"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(real) as image:
-                width, height = image.size
-                fmt = image.format
-                if width <= 0 or height <= 0:
-                    return "image has zero width or height"
-                if verify:
-                    image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "image is too large to decode safely (decompression-bomb guard)"
-    except Image.UnidentifiedImageError:
-        return "not an image file (unrecognised format)"
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"image cannot be decoded ({exc})"
-    endings = _IMAGE_ENDINGS.get(fmt or "")
-    if endings and not verify:
-        with open(real, "rb") as handle:
+        handle = open_regular_file(real)  # a FIFO swapped in after the resolve is refused, not waited on
+    except NotRegularFile:
+        return "image path is not a regular file"
+    except OSError as exc:
+        return f"image file cannot be opened ({exc.strerror or exc})"
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return "image file is empty"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle, formats=IMAGE_FORMATS) as image:
+                    width, height = image.size
+                    fmt = image.format
+                    if width <= 0 or height <= 0:
+                        return "image has zero width or height"
+                    if verify:
+                        image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return "image is too large to decode safely (decompression-bomb guard)"
+        except Image.UnidentifiedImageError:
+            return f"not an image file (unrecognised format; read are {', '.join(IMAGE_FORMATS)})"
+        except (OSError, SyntaxError, ValueError) as exc:
+            return f"image cannot be decoded ({exc})"
+        endings = _IMAGE_ENDINGS.get(fmt or "")
+        if endings and not verify:
             handle.seek(max(0, size - 64))
             tail = handle.read()
-        if not any(ending in tail for ending in endings):
-            return f"{fmt} image is truncated (end marker missing)"
+            if not any(ending in tail for ending in endings):
+                return f"{fmt} image is truncated (end marker missing)"
     return None
+
+
+def _near_miss(path: Path) -> str:
+    """For a missing image: the name of a file beside it that differs only in Unicode
+    normalisation (NFC/NFD, e.g. copied from macOS), letter case or surrounding spaces."""
+    try:
+        info = os.stat(path.parent)
+    except (OSError, ValueError):
+        return ""
+    found = _loose_names(str(path.parent), info.st_mtime_ns).get(_loose_name(path.name))
+    if found is None:
+        return ""
+    return f"; a file named {shown(found)!r} is there (differs in case, spaces or Unicode form)"
+
+
+@functools.lru_cache(maxsize=64)
+def _loose_names(folder: str, mtime_ns: int) -> dict[str, str]:
+    """Loose name -> real name of a folder's entries (cached per folder version; bounded)."""
+    names: dict[str, str] = {}
+    try:
+        with os.scandir(folder) as listing:
+            for count, child in enumerate(listing):
+                if count >= 200_000:
+                    break
+                names.setdefault(_loose_name(child.name), child.name)
+    except (OSError, ValueError):
+        pass
+    return names
+
+
+def _loose_name(name: str) -> str:
+    return unicodedata.normalize("NFC", name).strip().casefold()
 
 
 def read_annotations(

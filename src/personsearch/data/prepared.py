@@ -354,7 +354,14 @@ def prepare_dataset(
         problems,
     )
     if not records:
-        raise InputError(f"{annotation}: no usable entries ({len(problems)} problem(s)); nothing to prepare")
+        head = problems[0] if problems else None
+        first = f"; first: entry {head.entry} ({head.path or 'no path'}): {head.problem}" if head else ""
+        hint = "fix the entries the problems name (`prepare --check --json` lists them all)"
+        if head and head.problem.startswith("image file not found"):
+            hint = f"image paths in the annotation are relative to {folder / spec.image_dir}; check --root and them"
+        raise InputError(
+            f"{annotation}: no usable entries ({len(problems)} problem(s)){first}; nothing to prepare", hint=hint
+        )
     if not any(record.split == "train" for record in records):
         log.warning("%s has no usable training entries", annotation)
     entries, captions, num_train_ids = _build_entries(records, spec.splits)
@@ -621,8 +628,14 @@ class PreparedDataset:
             )
         tokens = _read_tokens(path / TOKENS, manifest, rows, tokenizer.vocab_size)
         root = Path(raw_root).expanduser().resolve() if raw_root is not None else Path(manifest["raw_root"])
-        if not root.is_dir():
-            log.warning("raw image folder %s of %s is missing; pass raw_root= if it moved", root, path)
+        if not root.is_dir():  # every image would be skipped: say why once, before any training or evaluation
+            recorded = "given" if raw_root is not None else "recorded by `prepare`"
+            raise InputError(
+                f"the raw images of {path} are not where they were: {shown(str(root))} ({recorded}) is "
+                f"{'not a folder' if root.exists() else 'missing'} (moved or renamed?)",
+                hint=f"put the raw dataset back, or prepare it again from its new place: "
+                f"personsearch prepare {manifest['dataset']} --root NEW_PLACE --out {path}",
+            )
         return cls(path, manifest, tokens, root)
 
     @property

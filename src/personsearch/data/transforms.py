@@ -3,18 +3,31 @@
 ``load_rgb`` turns whatever a camera or a dataset stores (EXIF-rotated JPEGs, CMYK, greyscale,
 palette or alpha images, 16-bit PNGs) into an 8-bit RGB image, keeping Pillow's
 decompression-bomb guard.
+
+Only the raster formats in ``IMAGE_FORMATS`` are decoded: Pillow would hand an EPS file's
+PostScript to Ghostscript (a program written by whoever wrote the file), and the rarer plugins
+are attack surface no pedestrian dataset needs. Paths are opened without blocking and only when
+they name a regular file, so a FIFO or device swapped in for an image cannot hang a run.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from personsearch.data.formats import NotRegularFile, open_regular_file
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+#: Formats Pillow may decode (never EPS: it runs Ghostscript on the file's PostScript).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "PCX", "ICO", "SGI")
 
 
 class ImageLoadError(Exception):
@@ -45,26 +58,38 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully as upright 8-bit RGB; alpha is composited over white.
+def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
+    """Decode ``path`` (or an open binary file) fully as upright 8-bit RGB; alpha is composited
+    over white.
 
-    Raises ImageLoadError for missing, truncated, unrecognised or oversized (bomb) files.
+    Raises ImageLoadError for missing, special (FIFO, device, folder), truncated, unrecognised,
+    unsupported (``IMAGE_FORMATS``) or oversized (bomb) files.
     """
+    try:
+        handle = open_regular_file(path) if isinstance(path, (str, os.PathLike)) else path
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found") from None
+    except NotRegularFile:
+        raise ImageLoadError(f"{path}: not a regular file (a FIFO, socket, device or folder); not read") from None
+    except (OSError, ValueError) as exc:  # a link loop, a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImageLoadError(f"{path}: cannot be opened ({reason})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(handle, formats=IMAGE_FORMATS) as image:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 return _to_rgb(upright if upright is not None else image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(f"{path}: too large to decode safely (decompression-bomb guard)") from None
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found") from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file") from None
+        raise ImageLoadError(f"{path}: not an image file (or a format not read: {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path}: cannot be decoded ({exc})") from None
+    finally:
+        if handle is not path:
+            handle.close()
 
 
 def build_transform(image_size: tuple[int, int] = (384, 128), train: bool = False, augment: bool = True):  # noqa: ANN201

@@ -357,11 +357,11 @@ def train(
             if callbacks.on_epoch_start:
                 callbacks.on_epoch_start(epoch, len(batches), first)
             trained.train()
-            tick, seen = time.monotonic(), 0
+            tick, seen, steps_before = time.monotonic(), 0, step
             for offset, batch in enumerate(loader):
                 batch_index = first + offset
                 skipped_total += int(batch.pop("skipped", 0))
-                if batch["images"].shape[0] == 0:
+                if "images" not in batch or batch["images"].shape[0] == 0:  # every image unreadable
                     continue
                 batch = _to_device(batch, device)
                 generator = torch.Generator(device=device).manual_seed(derive_seed(seed, step, 3))
@@ -407,6 +407,9 @@ def train(
                 reason = _budget_reason(settings, step, started, budget_s, signals.received is not None)
                 if distributed.broadcast_flag(reason is not None, info):
                     raise _Stop(reason or "stopped on another rank")
+            if step == steps_before and first < len(batches):
+                raise RunFailure(f"no training image of epoch {epoch + 1} could be read ({skipped_total} captions "
+                                 "skipped so far)", hint=f"check the image folder {prepared.raw_root}")
             scheduler.step()
             batch_in_epoch = 0
             resume_at = (epoch + 1, 0)

@@ -40,6 +40,8 @@ from personsearch.io import (
 logger = logging.getLogger(__name__)
 
 MIN_IMAGES, MAX_IMAGES = 2, 6
+#: Identities one drawing may hold (CUHK-PEDES has 13,003); the plan is built in memory first.
+MAX_IDS = 100_000
 IMAGE_FOLDER = "synthetic"
 
 # Purposes, so that streams for different uses never coincide.
@@ -174,6 +176,8 @@ def generate_raw_dataset(
     root = Path(root)
     if isinstance(ids, bool) or not isinstance(ids, int) or ids < 3:
         raise InputError(f"--ids {ids!r}: need at least 3 identities (one per split)", hint="e.g. --ids 20")
+    if ids > MAX_IDS:
+        raise InputError(f"--ids {ids:,}: at most {MAX_IDS:,} identities are drawn", hint="CUHK-PEDES has 13,003")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise InputError(f"--seed {seed!r}: must be a non-negative integer")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
