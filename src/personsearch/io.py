@@ -399,11 +399,12 @@ def owner_kind(folder: str | Path) -> str | None:
 
 
 def ensure_replaceable(path: str | Path, kind: str, what: str, option: str = "--out",
-                       legacy: Any = None) -> bool:
+                       legacy: Any = None, written: Any = None) -> bool:
     """Refuse (exit 2) unless ``path`` is absent, an empty folder, or a ``kind`` output of ours.
 
     Ours means: its marker names ``kind``, or (outputs written before markers existed) ``legacy``,
-    a callable on the folder, validates its content. Returns True when there is something to
+    a callable on the folder, validates its content; and, when ``written`` is given, every entry in it
+    is one such an output holds. Returns True when there is something to
     replace. Never decides by a file's name alone.
     """
     path = Path(path)
@@ -422,6 +423,14 @@ def ensure_replaceable(path: str | Path, kind: str, what: str, option: str = "--
         return False
     marked = owner_kind(path)
     if marked == kind:
+        # ``written(name)`` tells the entries such an output holds: a file the user added is never replaced.
+        foreign = sorted(child.name for child in path.iterdir() if written is not None and not written(child.name))
+        if foreign:
+            raise InputError(
+                f"{option} {path} is a personsearch {what} but also holds {', '.join(map(repr, foreign[:3]))}"
+                f"{' and more' if len(foreign) > 3 else ''}, which personsearch did not write; refusing to replace it",
+                hint=f"move those files out, or choose a new folder for the {what}; nothing was changed",
+            )
         return True
     if marked is None and legacy is not None:
         try:

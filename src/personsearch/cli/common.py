@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from personsearch.errors import PersonsearchError
 
@@ -64,12 +65,28 @@ def print_json(data: Any) -> None:
 
 
 def report_error(exc: PersonsearchError) -> None:
-    from rich.markup import escape
 
-    # Messages quote user input (paths, captions): escaped, so "[/]" in a value is shown, not parsed.
-    stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True)
+    # Messages quote user input (paths, captions): shown as plain text with control characters escaped,
+    # so "[/]" in a value is not parsed as markup and an ESC sequence cannot drive the terminal.
+    stderr.print(Text.assemble(("error:", "bold red"), " ", terminal_safe(exc.message)), highlight=False)
     if exc.hint:
-        stderr.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
+        stderr.print(Text.assemble(("hint:", "dim"), " ", terminal_safe(exc.hint)), highlight=False)
+
+
+def terminal_safe(text: object) -> Text:
+    """``text`` as plain rich Text with control and format characters (ESC, CR, bidi overrides, undecodable bytes)
+    shown as escapes: a caption or an image file name can never drive the terminal or parse as markup."""
+    import unicodedata
+
+    out = []
+    for char in str(text):
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") and char != "\t":
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return Text("".join(out))
+
 
 
 def fail(exc: PersonsearchError) -> typer.Exit:

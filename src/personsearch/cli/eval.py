@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout
+from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout, terminal_safe
 from personsearch.errors import InputError
 
 
@@ -17,7 +17,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     i2t: Annotated[bool, typer.Option("--i2t", help="Also report image→text retrieval.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a contact sheet PNG of sample queries.")] = None,
-    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries on the sheet.")] = 8,
+    queries: Annotated[int, typer.Option("--queries", min=1, max=100, help="Queries on the sheet.")] = 8,
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Embedding batch size.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
@@ -35,7 +35,7 @@ def evaluate(
     from personsearch.engine.evaluate import evaluate_split, sheet_rows
     from personsearch.engine.models import load_trained
     from personsearch.io import append_line
-    from personsearch.retrieval.sheet import check_sheet_path, render_contact_sheet
+    from personsearch.retrieval.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
 
     if split not in ("test", "val"):
         raise InputError(f"--split {split!r}: choose test or val")
@@ -49,6 +49,13 @@ def evaluate(
     if data_dir is None:
         raise InputError(f"{run} does not record its dataset", hint="pass --data PREPARED")
     prepared = PreparedDataset.load(data_dir)
+    if sheet is not None:  # never over the dataset, its images, the weights or the run's files
+        check_sheet_target(
+            sheet,
+            owned=[("the prepared dataset", data_dir), ("the raw dataset", prepared.raw_root),
+                   ("the weights", model.weights)],
+            runs=[("the run", model.source)],
+        )
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     model.clip.to(torch_device)
@@ -85,13 +92,13 @@ def evaluate(
     if skipped:
         stderr.print(f"[yellow]{skipped} queries had no true match in the gallery and were excluded[/]")
     if sheet is not None:
-        stderr.print(f"sheet written to {sheet}")
+        stderr.print(terminal_safe(f"sheet written to {sheet}"))
 
 
 def _table(title: str, t2i: dict[str, float], i2t: dict[str, float]) -> None:
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=terminal_safe(title))  # run and dataset names may hold "[...]": shown, not parsed
     table.add_column("direction")
     keys = ("R1", "R5", "R10", "mAP", "mINP")
     for key in keys:

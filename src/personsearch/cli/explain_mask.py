@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from personsearch.cli import common
-from personsearch.cli.common import ConfigOption, JsonOption, SetOption, print_json, stderr, stdout
+from personsearch.cli.common import ConfigOption, JsonOption, SetOption, print_json, stderr, stdout, terminal_safe
 from personsearch.errors import InputError
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def _load(
         found = [path for path in found if path is not None]
         if found:
             run = max(found, key=lambda path: (path / "config.yaml").stat().st_mtime)
-            stderr.print(f"using the most recent run: {run}", highlight=False)
+            stderr.print(terminal_safe(f"using the most recent run: {run}"))
     if run is not None:
         if not run.is_dir():
             raise InputError(f"run folder {run} does not exist", hint="pass a folder under runs/")
@@ -128,21 +129,21 @@ def _random_clip(seed: int) -> CLIP:
 
 def _render(explanation: MaskExplanation, temperature: float, layers: int) -> None:
     from rich.table import Table
-    from rich.text import Text
 
     top = max(explanation.importance) or 1.0
     line = Text()
     shown = zip(explanation.tokens, explanation.importance, explanation.masked, strict=True)
     for token, weight, masked in shown:
         if weight == 0 and not masked:
-            line.append(token, style="dim")
+            line.append(terminal_safe(token).plain, style="dim")
         else:
             level = weight / top
             red, green, blue = 255, int(235 - 175 * level), int(200 - 180 * level)
             style = f"black on rgb({red},{green},{blue})"
             if masked:
                 style += " bold underline"
-            line.append(f"[{token}]" if masked else token, style=style)
+            label = terminal_safe(token).plain
+            line.append(f"[{label}]" if masked else label, style=style)
         line.append(" ")
     stdout.print(line)
     table = Table(title=f"AGM importance (EOT attention, last {layers} layer(s), τ = {temperature:g})")
@@ -165,5 +166,5 @@ def _render(explanation: MaskExplanation, temperature: float, layers: int) -> No
         mark = ""
         if masked:
             mark = "→ <|mask|>" if new_id == 49405 else ("kept" if new_id == old_id else "→ random token")
-        table.add_row(str(index), token, f"{weight:.3f}", bar, mark)
+        table.add_row(str(index), terminal_safe(token), f"{weight:.3f}", bar, mark)  # a token is never markup
     stdout.print(table)

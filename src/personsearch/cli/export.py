@@ -9,7 +9,7 @@ import typer
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout
+from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout, terminal_safe
 from personsearch.errors import InputError
 
 
@@ -57,7 +57,8 @@ def export(
         raise InputError("--data needs --split (train, val or test)")
     if images is not None and split is not None:
         raise InputError("--split applies to --data only")
-    check_out(out, append)  # a foreign or unwritable --out is refused before the model loads
+    # A foreign, unwritable or input-overlapping --out is refused before the model loads.
+    check_out(out, append, [images, data])
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     model = load_trained(run)
@@ -96,7 +97,7 @@ def export(
 def _render(report: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"index {report.index}", show_header=False)
+    table = Table(title=terminal_safe(f"index {report.index}"), show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
     table.add_row("images embedded", str(report.indexed))
@@ -105,13 +106,13 @@ def _render(report: Any) -> None:
     table.add_row("images in index", f"{report.total} ({report.shards} shards)")
     table.add_row("skipped", str(len(report.skipped)))
     table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s)")
-    table.add_row("image root", Text(str(report.image_root)))
-    table.add_row("model", report.fingerprint)
+    table.add_row("image root", terminal_safe(report.image_root))
+    table.add_row("model", terminal_safe(report.fingerprint))
     if report.faiss:
-        table.add_row("faiss", f"{report.faiss['factory']} (nprobe {report.faiss['nprobe']})")
+        table.add_row("faiss", terminal_safe(f"{report.faiss['factory']} (nprobe {report.faiss['nprobe']})"))
     stdout.print(table)
     for path, reason in report.skipped[:20]:
-        stderr.print(Text(f"skipped {path}: {reason}", style="yellow"))
+        stderr.print(terminal_safe(f"skipped {path}: {reason}"), style="yellow")
     if len(report.skipped) > 20:
         stderr.print(f"[yellow]... and {len(report.skipped) - 20} more skipped (see --json)[/]")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from personsearch.cli.common import JsonOption, print_json, stderr, stdout
+from personsearch.cli.common import JsonOption, print_json, stderr, stdout, terminal_safe
 from personsearch.errors import InputError
 
 
@@ -69,6 +69,7 @@ def query(
     from personsearch.retrieval.ann import recall_at_k
     from personsearch.retrieval.index import GalleryIndex
     from personsearch.retrieval.query import (
+        check_result_count,
         clean_queries,
         encode_queries,
         find_index,
@@ -77,7 +78,7 @@ def query(
         read_queries,
         render_query_sheet,
     )
-    from personsearch.retrieval.sheet import check_sheet_path
+    from personsearch.retrieval.sheet import check_sheet_path, check_sheet_size, check_sheet_target
     from personsearch.settings import resolve_settings
 
     if sheet is not None:
@@ -91,17 +92,24 @@ def query(
         raise InputError(
             "no query text given", hint='pass a description, e.g. "woman in a red coat", or --file'
         )
+    if sheet is not None:
+        check_sheet_size(len(given), k)
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     index_path, automatic = find_index(index, resolve_settings().runtime.output_dir)
     if automatic:
-        stderr.print(Text(f"using index {index_path}", style="dim"))
-    if sheet is not None and _inside(sheet, index_path):
-        raise InputError(
-            f"--sheet {sheet} lies inside the index {index_path}", hint="write the sheet outside the index folder"
-        )
+        stderr.print(terminal_safe(f"using index {index_path}"), style="dim")
+    if sheet is not None:
+        check_sheet_target(sheet, owned=[("the index", index_path)])
     gallery = GalleryIndex.open(index_path, verify=verify)
+    check_result_count(len(given), k, len(gallery))  # before the model loads
     model = model_for_index(gallery, run)
+    if sheet is not None:  # never over a gallery image, the weights or a run's files
+        check_sheet_target(
+            sheet,
+            owned=[("the gallery's image folder", gallery.image_root), ("the model weights", model.weights)],
+            runs=[("the run", model.source)],
+        )
     features, truncated = encode_queries(model, given, device=torch_device, precision=precision)
     for number, cut in enumerate(truncated, 1):
         if cut:
@@ -131,28 +139,21 @@ def query(
     if recall is not None:
         stderr.print(f"FAISS recall@{k} against exact search: {recall:.3f} over {len(given)} queries")
     if sheet is not None:
-        stderr.print(Text(f"sheet written to {sheet}"))
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    import os
-
-    real, root = os.path.realpath(path), os.path.realpath(folder)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+        stderr.print(terminal_safe(f"sheet written to {sheet}"))
 
 
 def _table(result: Any, gallery_size: int) -> None:
     from rich.table import Table
 
     title = result.query if len(result.query) <= 200 else result.query[:199] + "…"
-    table = Table(title=Text(title), title_justify="left")
+    table = Table(title=terminal_safe(title), title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
     table.add_column("identity", justify="right")
     for hit in result.results:
         table.add_row(
-            str(hit.rank), f"{hit.score:.4f}", Text(hit.path), "" if hit.pid is None else str(hit.pid)
+            str(hit.rank), f"{hit.score:.4f}", terminal_safe(hit.path), "" if hit.pid is None else str(hit.pid)
         )
     if not result.results:
         table.caption = f"no results in a gallery of {gallery_size}"

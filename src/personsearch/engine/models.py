@@ -58,24 +58,41 @@ def irra_settings(config_path: Path) -> Settings:
     try:
         args = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_IrraLoader)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise InputError(f"{config_path} is not a readable IRRA configs.yaml ({str(exc)[:200]})") from None
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"{config_path} is not a readable IRRA configs.yaml ({reason})") from None
     except OSError as exc:
         raise InputError(f"cannot read {config_path}: {exc.strerror or exc}") from None
     if not isinstance(args, dict):
         raise InputError(f"{config_path} is not an IRRA configs.yaml (expected a mapping)")
     model: dict[str, Any] = {"pretrained": None}
+    # Only scalars (and img_size's two scalars) are taken: a nested value, e.g. an alias bomb of
+    # lists, is refused before it is printed or converted (its text form could be gigabytes).
     if "img_size" in args:
-        if not isinstance(args["img_size"], (list, tuple)):
-            raise InputError(f"{config_path}: img_size is {str(args['img_size'])[:40]!r}, not [height, width]")
-        model["image_size"] = list(args["img_size"])
+        size = args["img_size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_scalar(v) for v in size):
+            raise InputError(f"{config_path}: img_size is {_brief(size)}, not [height, width]")
+        model["image_size"] = list(size)
     for ours, theirs in (("stride", "stride_size"), ("temperature", "temperature"), ("cmt_depth", "cmt_depth"),
-                         ("text_length", "text_length"), ("vocab_size", "vocab_size")):
-        if theirs in args:
+                         ("text_length", "text_length"), ("vocab_size", "vocab_size"), ("loss", "loss_names")):
+        if theirs in args and not _scalar(args[theirs]):
+            raise InputError(f"{config_path}: {theirs} is {_brief(args[theirs])}, not a single value")
+        if theirs in args and ours != "loss":
             model[ours] = args[theirs]
     values: dict[str, Any] = {"model": model}
     if "loss_names" in args:
         values["loss"] = {"names": str(args["loss_names"])}
     return resolve_settings(config=values, environ={})
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool)) and len(str(value)) <= 1000
+
+
+def _brief(value: Any) -> str:
+    """A short description of a YAML value that may be enormous (never its full text)."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return repr(str(value)[:40])
 
 
 def _find_run(path: Path) -> Path | None:

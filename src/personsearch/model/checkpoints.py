@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,28 @@ def _read_pickle(path: Path) -> Any:
 
 
 def _read_file(path: Path) -> Any:
+    _ensure_regular(path)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     if is_torchscript(path):
         return read_torchscript(path)
     return _read_pickle(path)
+
+
+def _ensure_regular(path: Path) -> None:
+    """Only a regular file is read as weights: a FIFO would hang the read and a device such as
+    /dev/zero (or a link to it) would fill memory without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"CLIP weights not found: {path} does not exist", hint="check the path") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"cannot read {path}: not a regular file (a FIFO, device or socket)",
+            hint="pass a weights file (.safetensors, .pt, .pth, .bin), a run folder or a model name",
+        )
 
 
 def _read_verified(path: Path, meta: dict[str, Any] | None) -> Any:
@@ -241,8 +259,15 @@ def _read_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
                 f"{config_path}: {section}.hidden_act is {act!r}; this CLIP implements OpenAI's quick_gelu",
                 hint="use an OpenAI CLIP checkpoint (hidden_act 'quick_gelu')",
             )
-        if isinstance(sub.get("num_attention_heads"), int):
-            heads[field] = sub["num_attention_heads"]
+        if "num_attention_heads" in sub:
+            value = sub["num_attention_heads"]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+                raise InputError(
+                    f"{config_path}: {section}.num_attention_heads is {str(value)[:40]!r}, "
+                    "not a whole number from 1 to 4096",
+                    hint="fix config.json (OpenAI CLIP ViT-B/16: 12 vision and 8 text heads)",
+                )
+            heads[field] = value
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             weights = folder / name

@@ -153,6 +153,8 @@ class Attention(nn.Module):
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise InputError(f"attention heads must be a whole number of at least 1, not {heads!r:.40}")
         if width % heads:
             raise InputError(f"attention width {width} is not divisible by {heads} heads")
         self.heads = heads

@@ -35,6 +35,7 @@ from personsearch.retrieval.index import (
     GalleryIndex,
     IndexEntry,
     append_locked,
+    index_file_name,
     is_index_folder,
     path_problem,
     write_index,
@@ -64,14 +65,26 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def check_out(out: str | Path, append: bool = False) -> bool:
+def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path | None] = ()) -> bool:
     """Check ``--out`` before any long work: refuse (exit 2) a folder that is not an index this
-    tool wrote (also with ``append``), a path that cannot be created, or a name that is not UTF-8
-    text. Returns True when there is an index there to replace or append to."""
+    tool wrote (also with ``append``), a path that cannot be created, a name that is not UTF-8
+    text, or a place inside (or around) an input folder (``inputs``: the gallery folder, the
+    prepared dataset, its raw images). Returns True when there is an index there to replace or append to."""
     out = Path(os.path.abspath(out))
     if not _utf8(str(out)):
         raise InputError(f"--out {shown(str(out))} is not valid UTF-8 text", hint="choose a path with a UTF-8 name")
-    existing = ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder)
+    target = out.resolve()
+    for folder in inputs:
+        if folder is None:
+            continue
+        given = Path(folder).resolve()
+        if target == given or target.is_relative_to(given) or given.is_relative_to(target):
+            raise InputError(
+                f"--out {shown(str(out))} is inside (or holds) the input folder {shown(str(folder))}",
+                hint="write the index to its own folder: inputs are never written into",
+            )
+    existing = ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder,
+                                  written=index_file_name)
     ensure_writable(out, "--out", folder=True)
     return existing
 
@@ -412,7 +425,13 @@ def export_images(
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if workers < 0:
         raise InputError(f"workers must be 0 or more, got {workers}")
-    existing_output = check_out(out, append)
+    if prepared is not None:
+        from personsearch.data.prepared import PreparedDataset
+
+        if not isinstance(prepared, PreparedDataset):
+            prepared = PreparedDataset.load(prepared)
+    inputs = [images] if images is not None else [prepared.path, prepared.raw_root]
+    existing_output = check_out(out, append, inputs)
     if faiss is not None:
         from personsearch.retrieval.ann import _faiss
 

@@ -351,7 +351,7 @@ def write_index(
     if "\x00" in root:
         raise InputError(f"image root {root!r} contains a NUL character")
     out = Path(out)
-    ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder)
+    ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder, written=index_file_name)
     with atomic_directory(out) as tmp:
         writer = IndexWriter(tmp, 0, shard_size, None)
         _feed(writer, embeddings, metadata)
@@ -389,7 +389,7 @@ def _listed(header: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _index_file_name(name: str) -> bool:
+def index_file_name(name: str) -> bool:
     """A name only an index folder holds (its files, temporaries of its atomic writes, the lock)."""
     return bool(
         name in (HEADER_NAME, OWNER_MARKER, ".lock")
@@ -410,7 +410,7 @@ def is_index_folder(folder: str | Path) -> bool:
         if not _regular(folder / name):
             return False
     for child in folder.iterdir():
-        if not _index_file_name(child.name) or child.is_symlink() or not child.is_file():
+        if not index_file_name(child.name) or child.is_symlink() or not child.is_file():
             return False
     return True
 

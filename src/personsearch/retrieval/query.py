@@ -62,15 +62,38 @@ def clean_queries(texts: Sequence[str], where: str = "query") -> list[str]:
     return list(texts)
 
 
+#: A query file larger than this, or holding more queries, is refused: every query is encoded,
+#: ranked and printed, so an endless or huge file (/dev/zero, a log) would exhaust memory.
+MAX_QUERY_FILE_BYTES = 16 * 1024 * 1024
+MAX_QUERIES = 100_000
+
+
 def read_queries(path: str | Path) -> list[str]:
-    """One query per line of a UTF-8 text file; blank lines are skipped, all blank is an error."""
+    """One query per line of a UTF-8 text file; blank lines are skipped, all blank is an error.
+
+    Only a regular file is read (a FIFO or a device would hang or never end), and at most
+    ``MAX_QUERY_FILE_BYTES`` of it and ``MAX_QUERIES`` lines.
+    """
+    from personsearch.retrieval.sheet import NotRegularFile, open_regular
+
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open_regular(path) as handle:
+            raw = handle.read(MAX_QUERY_FILE_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"query file not found: {path}") from None
+    except NotRegularFile:
+        raise InputError(
+            f"query file {path} is not a regular file (a FIFO, device, socket or folder)",
+            hint="save the queries to a text file, one per line",
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot read query file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_QUERY_FILE_BYTES:
+        raise InputError(
+            f"query file {path} is larger than {MAX_QUERY_FILE_BYTES // (1024 * 1024)} MiB",
+            hint="split it into smaller files of one description per line",
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -82,7 +105,28 @@ def read_queries(path: str | Path) -> list[str]:
         raise InputError(
             f"{path} holds no queries (every line is blank)", hint="write one description per line"
         )
+    if len(queries) > MAX_QUERIES:
+        raise InputError(
+            f"query file {path} holds {len(queries)} queries, more than {MAX_QUERIES}",
+            hint="split it into smaller files",
+        )
     return queries
+
+
+#: Results (queries x images) one call returns at most: each is a Python object, printed or
+#: written as JSON, so -k 10**12 over a large gallery with many queries would exhaust memory.
+MAX_RESULTS = 2_000_000
+
+
+def check_result_count(queries: int, k: int, gallery_size: int) -> None:
+    """Refuse (exit 2) before encoding a search whose results (queries x min(k, gallery)) exceed MAX_RESULTS."""
+    total = queries * min(k, gallery_size)
+    if total > MAX_RESULTS:
+        raise InputError(
+            f"{queries} queries x top {min(k, gallery_size)} of {gallery_size} images is {total} results, "
+            f"more than {MAX_RESULTS}",
+            hint="pass a smaller -k, or fewer queries per call",
+        )
 
 
 def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tuple[Path, bool]:
@@ -212,6 +256,7 @@ def search_text(
     texts = clean_queries(texts)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
+    check_result_count(len(texts), k, len(index))
     features, truncated = encode_queries(model, texts, device=device, precision=precision)
     return rank_results(index, texts, features, k, backend=backend, nprobe=nprobe, truncated=truncated)
 
@@ -244,6 +289,7 @@ __all__ = [
     "RUN_INDEX_DIR",
     "QueryHit",
     "QueryResult",
+    "check_result_count",
     "clean_queries",
     "encode_queries",
     "find_index",

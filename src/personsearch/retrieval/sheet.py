@@ -31,6 +31,11 @@ MISMATCH = "red"
 
 _FRAME_COLORS = {"green": (40, 160, 64), "red": (214, 40, 40)}
 _MARGIN = 8
+#: The most rows (queries) and tiles per row a command draws; a sheet is held in memory whole,
+#: so -k 10**6 or thousands of queries would need gigabytes. MAX_SHEET_PIXELS guards the library call.
+MAX_SHEET_ROWS = 100
+MAX_SHEET_TILES = 50
+MAX_SHEET_PIXELS = 120_000_000
 _GAP = 4
 _SEPARATOR = 14
 _FRAME = 3
@@ -80,6 +85,65 @@ def check_sheet_path(path: str | Path, option: str = "--sheet") -> Path:
             f"{option} {path} exists and is not a regular file", hint="give the name of a PNG file to write"
         )
     return path
+
+
+def _real_location(path: str | Path) -> str:
+    """Where ``path`` itself lives (its folder resolved, a final link not followed: a sheet
+    replaces the link, never what it points to)."""
+    path = Path(path)
+    return os.path.join(os.path.realpath(path.parent if str(path.parent) else "."), path.name)
+
+
+def _under(real: str, folder: str | Path) -> bool:
+    root = os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_sheet_size(rows: int, tiles: int, option: str = "--sheet") -> None:
+    """Refuse (exit 2), before any work, a sheet of more than MAX_SHEET_ROWS rows or
+    MAX_SHEET_TILES images a row: it is drawn in memory whole."""
+    from personsearch.errors import InputError
+
+    if rows > MAX_SHEET_ROWS:
+        raise InputError(
+            f"{option} draws at most {MAX_SHEET_ROWS} queries, got {rows}",
+            hint=f"pass fewer queries with {option}, or leave {option} out",
+        )
+    if tiles > MAX_SHEET_TILES:
+        raise InputError(
+            f"{option} draws at most {MAX_SHEET_TILES} images per query, got -k {tiles}",
+            hint=f"pass -k {MAX_SHEET_TILES} or less with {option}",
+        )
+
+
+def check_sheet_target(
+    path: str | Path,
+    option: str = "--sheet",
+    *,
+    owned: Sequence[tuple[str, str | Path]] = (),
+    runs: Sequence[tuple[str, str | Path]] = (),
+) -> None:
+    """Refuse (exit 2) a sheet that would overwrite what the command reads.
+
+    Nothing is written inside ``owned`` (an index, a prepared dataset, an image folder, a weights
+    file); inside ``runs`` (a run folder) a new file or an earlier ``.png`` sheet may be written,
+    but no other existing file (weights, settings, metrics) is replaced.
+    """
+    from personsearch.errors import InputError
+
+    real = _real_location(path)
+    for what, folder in owned:
+        if folder is not None and _under(real, folder):
+            where = "is" if os.path.isfile(folder) else "lies inside"
+            raise InputError(f"{option} {path} {where} {what} {folder}", hint=f"write the sheet outside {what}")
+    if not os.path.lexists(path) or str(path).lower().endswith(".png"):
+        return
+    for what, folder in runs:
+        if folder is not None and _under(real, folder):
+            raise InputError(
+                f"{option} {path} would replace a file of {what} {folder}",
+                hint="give the sheet a new .png file name",
+            )
 
 
 @dataclass(frozen=True)
@@ -154,7 +218,9 @@ def _load(
         if isinstance(tile.image, Image.Image):
             image = tile.image.convert("RGB")
         else:
-            with open_regular(tile.image) as raw, Image.open(raw) as handle:
+            from personsearch.data.transforms import IMAGE_FORMATS  # never EPS: Pillow would run Ghostscript
+
+            with open_regular(tile.image) as raw, Image.open(raw, formats=IMAGE_FORMATS) as handle:
                 image = handle.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         logger.warning("contact sheet: cannot read %s (%s); drawing a placeholder", tile.image, exc)
@@ -221,6 +287,11 @@ def render_contact_sheet(
         layouts.append((caption_lines, has_labels, row_h, text_h))
         height += row_h + text_h + (_GAP if row_h and text_h else 0) + 2 * _GAP + 1
     height += _MARGIN
+    if width * height > MAX_SHEET_PIXELS:
+        raise ValueError(
+            f"a contact sheet of {width}x{height} pixels is too large (at most {MAX_SHEET_PIXELS} pixels): "
+            f"draw at most {MAX_SHEET_ROWS} rows of {MAX_SHEET_TILES} tiles"
+        )
 
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)

@@ -30,6 +30,7 @@ from personsearch.data.synthetic.captioner import caption_pair, tokenize_caption
 from personsearch.data.synthetic.renderer import encode_jpeg, render_person
 from personsearch.errors import InputError
 from personsearch.io import (
+    OWNER_MARKER,
     atomic_directory,
     atomic_write_text,
     ensure_replaceable,
@@ -156,7 +157,8 @@ def is_legacy_synthetic(root: Path) -> bool:
 def check_raw_target(root: Path, option: str = "--root") -> None:
     """Refuse (exit 2), before drawing, a ``root`` that is not new, empty or a synthetic raw
     dataset this tool drew (marked, or recognised by content), or that cannot be written."""
-    ensure_replaceable(root, SYNTHETIC_KIND, "synthetic raw dataset", option=option, legacy=is_legacy_synthetic)
+    ensure_replaceable(root, SYNTHETIC_KIND, "synthetic raw dataset", option=option, legacy=is_legacy_synthetic,
+                       written=lambda name: name in _WRITTEN or name in (OWNER_MARKER, ".lock"))
     ensure_writable(root, option)
 
 
