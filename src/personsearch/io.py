@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -90,12 +91,34 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+class NotRegularFile(OSError):
+    """A path that names a FIFO, socket, device or folder where a file was expected."""
+
+
+def open_regular(path: str | Path) -> IO[bytes]:
+    """Open ``path`` (links followed) for binary reading only if it is a regular file.
+
+    The open never blocks: a FIFO, a device (a link to /dev/zero), a socket or a folder named like
+    an input (``*.jpg``, ``reid_raw.json``, a query file) is refused with ``NotRegularFile`` before
+    a byte is read, never waited on.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)", str(path))
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _special_file(path: Path, exc: OSError | None = None) -> InputError:
     """A run's own file (log, metrics, lock) that is a symlink, folder, FIFO or device: writing or
     reading through it could change a user's file elsewhere or block forever, so it is refused."""
     try:
-        import stat
-
         mode = os.lstat(path).st_mode
         kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
                 else "not a regular file (a pipe, device or socket)")
@@ -108,8 +131,6 @@ def _special_file(path: Path, exc: OSError | None = None) -> InputError:
 def _open_own_file(path: Path, flags: int) -> int:
     """Open a file this tool writes in place (appended or locked), never through a symlink or into
     a FIFO/device: O_NOFOLLOW + O_NONBLOCK, then the opened object must be a regular file."""
-    import stat
-
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as exc:

@@ -15,7 +15,6 @@ datasets are far inside them (CUHK-PEDES: 20 MB, 34,054 entries of 2 captions of
 from __future__ import annotations
 
 import codecs
-import errno
 import functools
 import json
 import os
@@ -31,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from personsearch.errors import InputError
+from personsearch.io import NotRegularFile, open_regular
 
 MAX_ANNOTATION_BYTES = 1 << 30  # the file
 MAX_ENTRY_CHARS = 1 << 20  # the JSON text of one entry
@@ -105,26 +105,6 @@ def locate_annotation(spec: FormatSpec, root: str | Path) -> tuple[Path, Path]:
         f"{spec.name} annotation file not found: expected {expected}",
         hint=f"--root must be the {spec.name} folder (holding the JSON and imgs/) or its parent",
     )
-
-
-class NotRegularFile(OSError):
-    """A path that names a FIFO, socket, device or folder where a file was expected."""
-
-
-def open_regular_file(path: str | Path) -> BinaryIO:
-    """Open ``path`` (links followed) for reading only if it is a regular file; never blocks,
-    so a FIFO named ``*.jpg`` or ``reid_raw.json`` is refused (``NotRegularFile``), not waited on."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)", str(path))
-        if flags & getattr(os, "O_NONBLOCK", 0):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _file_kind(path: Path) -> str:
@@ -287,7 +267,7 @@ def iter_annotation_list(path: Path) -> Iterator[Any]:
     """
     path = Path(path)
     try:
-        handle = open_regular_file(path)  # regular files only, never blocks (a FIFO, /dev/zero)
+        handle = open_regular(path)  # regular files only, never blocks (a FIFO, /dev/zero)
         size = os.fstat(handle.fileno()).st_size
     except NotRegularFile:
         raise InputError(f"{path} is {_file_kind(path)}, not a regular file; an annotation file is JSON") from None
@@ -511,7 +491,7 @@ def check_image(path: Path, base: Path, verify: bool = False) -> str | None:
     if not real.is_relative_to(base):
         return "image path resolves outside the image folder (symlink?); not read"
     try:
-        handle = open_regular_file(real)  # a FIFO swapped in after the resolve is refused, not waited on
+        handle = open_regular(real)  # a FIFO swapped in after the resolve is refused, not waited on
     except NotRegularFile:
         return "image path is not a regular file"
     except OSError as exc:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from personsearch.data.formats import NotRegularFile, open_regular_file
+from personsearch.io import NotRegularFile, open_regular
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,7 +66,7 @@ def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
     unsupported (``IMAGE_FORMATS``) or oversized (bomb) files.
     """
     try:
-        handle = open_regular_file(path) if isinstance(path, (str, os.PathLike)) else path
+        handle = open_regular(path) if isinstance(path, (str, os.PathLike)) else path
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found") from None
     except NotRegularFile:

@@ -268,7 +268,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         from personsearch.data.transforms import ImageLoadError, load_rgb
-        from personsearch.retrieval.sheet import NotRegularFile, open_regular
+        from personsearch.io import NotRegularFile, open_regular
 
         try:
             handle = open_regular(self.files[i])  # never blocks: a FIFO swapped in is refused

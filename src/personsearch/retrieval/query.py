@@ -74,7 +74,7 @@ def read_queries(path: str | Path) -> list[str]:
     Only a regular file is read (a FIFO or a device would hang or never end), and at most
     ``MAX_QUERY_FILE_BYTES`` of it and ``MAX_QUERIES`` lines.
     """
-    from personsearch.retrieval.sheet import NotRegularFile, open_regular
+    from personsearch.io import NotRegularFile, open_regular
 
     path = Path(path)
     try:

@@ -9,7 +9,6 @@ rather than an error, so a sheet over a damaged gallery still renders.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
@@ -17,11 +16,11 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from personsearch.io import atomic_write_bytes
+from personsearch.io import atomic_write_bytes, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -39,30 +38,6 @@ MAX_SHEET_PIXELS = 120_000_000
 _GAP = 4
 _SEPARATOR = 14
 _FRAME = 3
-
-
-class NotRegularFile(OSError):
-    """A path names a FIFO, socket, device or folder where an image file was expected."""
-
-
-def open_regular(path: str | Path) -> BinaryIO:
-    """Open ``path`` for binary reading only if it is a regular file (links followed).
-
-    The open never blocks: a FIFO, a device (e.g. a link to /dev/zero), a socket or a folder is
-    refused with ``NotRegularFile`` (an OSError) before a byte is read, so a special file named
-    ``*.jpg`` cannot hang an export or a contact sheet.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, socket, device or folder)", str(path))
-        if flags & getattr(os, "O_NONBLOCK", 0):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def check_sheet_path(path: str | Path, option: str = "--sheet") -> Path:
