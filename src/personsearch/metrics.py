@@ -36,12 +36,15 @@ def rank_metrics(
     max_rank: int = 10,
     ks: Iterable[int] | None = None,
     chunk_size: int | None = None,
+    unmatched: str = "exclude",
 ) -> dict[str, Any]:
     """R1 R5 R10 mAP mINP (percent) of ranking ``gallery`` for each query row of ``similarity``.
 
     ``similarity`` is [queries, gallery] (torch tensor or numpy array); pids are 1-D of matching
     lengths. Also returned: ``R<k>`` for every k in ``ks``, ``cmc`` (R@1..R@max_rank as a list),
-    ``queries`` (evaluated) and ``queries_without_match`` (left out: no true match in the gallery).
+    ``queries`` (in the denominators) and ``queries_without_match`` (no true match in the gallery).
+    ``unmatched`` says what those queries do: ``exclude`` leaves them out (our default), ``miss``
+    counts them as misses in R@K and 0 in AP/INP, as IRRA's R@K-only evaluator does.
     ``chunk_size`` (queries per chunk) only trades memory for speed; results do not depend on it.
     """
     sim = _similarity_array(similarity)
@@ -53,6 +56,8 @@ def rank_metrics(
     extra_ks = _check_ks(ks)
     if chunk_size is not None and (not isinstance(chunk_size, int | np.integer) or chunk_size < 1):
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if unmatched not in ("exclude", "miss"):
+        raise InputError(f"unmatched must be 'exclude' or 'miss', got {unmatched!r}")
 
     first, ap, inp = match_ranks_summary(sim, q_pids, g_pids, chunk_size)
     evaluated = len(first)
@@ -63,16 +68,18 @@ def rank_metrics(
             hint="check that query_pids and gallery_pids use the same identity labels",
         )
     if missing:
-        log.warning("%d of %d queries have no true match in the gallery; left out", missing, num_queries)
+        log.warning("%d of %d queries have no true match in the gallery; %s", missing, num_queries,
+                    "counted as misses" if unmatched == "miss" else "left out")
+    counted = num_queries if unmatched == "miss" else evaluated
 
     result: dict[str, Any] = {}
     for k in sorted(set(STANDARD_KS) | set(extra_ks)):
-        result[f"R{k}"] = _percent(np.count_nonzero(first <= k), evaluated)
-    result["mAP"] = float(ap.mean() * 100.0)
-    result["mINP"] = float(inp.mean() * 100.0)
+        result[f"R{k}"] = _percent(np.count_nonzero(first <= k), counted)
+    result["mAP"] = float(ap.sum() / counted * 100.0)
+    result["mINP"] = float(inp.sum() / counted * 100.0)
     hits = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)[:max_rank]
-    result["cmc"] = [_percent(n, evaluated) for n in np.cumsum(hits)]
-    result["queries"] = evaluated
+    result["cmc"] = [_percent(n, counted) for n in np.cumsum(hits)]
+    result["queries"] = counted
     result["queries_without_match"] = missing
     return result
 

@@ -151,7 +151,9 @@ class DataSettings(Section):
     """Where the prepared dataset is and how samples are drawn from it."""
 
     root: PathText | None = Field(None, description="prepared dataset folder (written by `personsearch prepare`)")
-    augment: bool = Field(True, description="training augmentation: flip, pad 10 + random crop, random erasing")
+    augment: bool = Field(
+        True, description="augmentation: pad 10 + random crop, random erasing (the flip stays either way, as IRRA)"
+    )
     sampler: Literal["random", "identity"] = Field("random", description="random batches or P identities x K")
     num_instances: Annotated[int, _WHOLE] = Field(
         4, ge=1, le=MAX_BATCH, description="K images per identity for the identity sampler"
@@ -221,6 +223,11 @@ class LossSettings(Section):
         False,
         description="cut the MLM branch to the batch's longest caption (faster; IRRA's cross-modal "
         "transformer attends over all text_length positions, padding included)",
+    )
+    irra_masked_matching: bool = Field(
+        False,
+        description="with mlm: SDM/ITC/CMPM/ID read the MLM-masked caption, as IRRA's code does (its "
+        "masking writes into the caption array); false: clean captions, as the paper describes",
     )
 
     @field_validator("names")
@@ -304,6 +311,17 @@ class EvalSettings(Section):
     split: Literal["test", "val"] = "test"
     batch_size: Annotated[int, _WHOLE, Field(ge=1, le=MAX_BATCH)] = 512
     i2t: bool = Field(False, description="also report image->text retrieval")
+    select_on: Literal["val", "test"] = Field(
+        "val",
+        description="split evaluated after each epoch to pick best.safetensors; val falls back to test, with a "
+        "warning, where the dataset has none (ICFG-PEDES); test is IRRA's protocol. The selected checkpoint is "
+        "then reported on eval.split, which is also what `personsearch eval` evaluates by default",
+    )
+    unmatched: Literal["exclude", "miss"] = Field(
+        "exclude",
+        description="queries with no true match in the gallery: left out of R@K/mAP/mINP (exclude, counted as "
+        "queries_without_match), or counted as misses scoring 0 (miss, IRRA's R@K-only evaluator)",
+    )
 
 
 class IndexSettings(Section):

@@ -14,7 +14,9 @@ from personsearch.errors import InputError
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder, a checkpoint inside one, or an IRRA run folder.")],
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Prepared dataset (default: the run's).")] = None,
-    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    split: Annotated[str | None, typer.Option("--split", help="test or val (default: the run's eval.split).")] = None,
+    unmatched: Annotated[str | None, typer.Option(
+        "--unmatched", help="Queries with no true match: exclude or miss (default: the run's eval.unmatched).")] = None,
     i2t: Annotated[bool, typer.Option("--i2t", help="Also report image→text retrieval.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a contact sheet PNG of sample queries.")] = None,
     queries: Annotated[int, typer.Option("--queries", min=1, max=100, help="Queries on the sheet.")] = 8,
@@ -37,12 +39,17 @@ def evaluate(
     from personsearch.io import append_line
     from personsearch.retrieval.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
 
-    if split not in ("test", "val"):
+    if split is not None and split not in ("test", "val"):
         raise InputError(f"--split {split!r}: choose test or val")
+    if unmatched is not None and unmatched not in ("exclude", "miss"):
+        raise InputError(f"--unmatched {unmatched!r}: choose exclude or miss")
     if sheet is not None:
         check_sheet_path(sheet, "--sheet")  # before the evaluation, not after it
     model = load_trained(run)
     settings = model.settings
+    split = split or settings.eval.split
+    if unmatched is not None:
+        settings.eval.unmatched = unmatched  # type: ignore[assignment]
     if workers is not None:
         settings.data.workers = workers
     data_dir = data or (Path(settings.data.root) if settings.data.root else None)
@@ -82,15 +89,18 @@ def evaluate(
         print_json({"t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}), "split": split,
                     "data": prepared.fingerprint, "skipped_images": result.info.get("skipped_images", 0),
                     "queries_without_match": result.info.get("queries_without_match", 0),
+                    "unmatched": settings.eval.unmatched,
+                    **({"i2t_queries_without_match": result.info["i2t_queries_without_match"]} if i2t else {}),
                     **({"sheet": str(sheet)} if sheet else {})})
         return
     _table(f"{model.source.name} on {prepared.name} ({split}, {queries_total} queries)", result.t2i, result.i2t)
     unreadable = result.info.get("skipped_images")
     if unreadable:
         stderr.print(f"[yellow]{unreadable} gallery images could not be read and were left out[/]")
-    skipped = result.info.get("queries_without_match")
-    if skipped:
-        stderr.print(f"[yellow]{skipped} queries had no true match in the gallery and were excluded[/]")
+    skipped = int(result.info.get("queries_without_match", 0))
+    how = "counted as misses" if settings.eval.unmatched == "miss" else "excluded"
+    stdout.print(f"queries_without_match: {skipped}" + (f" ({how}, eval.unmatched={settings.eval.unmatched})"
+                                                         if skipped else ""))
     if sheet is not None:
         stderr.print(terminal_safe(f"sheet written to {sheet}"))
 

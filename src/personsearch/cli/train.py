@@ -108,7 +108,8 @@ def train(
     if rank != 0:
         return
     summary = {"run": str(run_dir), "epochs": result.epochs, "steps": result.steps, "stopped": result.stopped,
-               "best": result.best, "last": result.last, "skipped_images": result.skipped_images}
+               "best": result.best, "last": result.last, "skipped_images": result.skipped_images,
+               "selected_on": result.selected_on, "final": result.final}
     if result.signal is not None:
         summary["signal"] = result.signal
     if json_:
@@ -203,7 +204,7 @@ def training_progress(quiet: bool):  # type: ignore[no-untyped-def]
         progress.advance(tasks["eval"], count)
 
     def on_eval(epoch: int, metrics: dict[str, float]) -> None:
-        text = " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+        text = " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.2f}" for k, v in metrics.items())
         progress.update(tasks["eval"], status=text, total=progress.tasks[tasks["eval"]].completed)
 
     return TrainCallbacks(on_epoch_start, on_step, on_eval_start, on_eval, eval_progress), progress
@@ -217,11 +218,17 @@ def _render_summary(summary: dict) -> None:  # type: ignore[type-arg]
     table.add_column("")
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         table.add_column(key, justify="right")
-    for label in ("best", "last"):
-        row = summary[label]
+    on = summary.get("selected_on", "")
+    final = summary.get("final") or {}
+    rows = [(f"best on {on}" if on else "best", summary["best"]), (f"last on {on}" if on else "last", summary["last"])]
+    if final:
+        rows.append((f"selected on {final['selected_on']}, {final['split']}", final))
+    for label, row in rows:
         if row:
             table.add_row(label + (f" (epoch {row['epoch']})" if "epoch" in row else ""),
                           *(f"{row.get(k, float('nan')):.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")))
     stdout.print(table)
+    if final:
+        stdout.print(f"queries_without_match ({final['split']}): {final.get('queries_without_match', 0)}")
     if summary["skipped_images"]:
         stderr.print(f"[yellow]{summary['skipped_images']} unreadable training images were skipped[/]")

@@ -93,19 +93,22 @@ def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
 
 
 def build_transform(image_size: tuple[int, int] = (384, 128), train: bool = False, augment: bool = True):  # noqa: ANN201
-    """PIL image -> normalised ``FloatTensor[3, H, W]``.
+    """PIL image -> normalised ``FloatTensor[3, H, W]``, the pipeline of IRRA's ``build_transforms``.
 
-    Evaluation, or training without augmentation: bicubic resize to (H, W), CLIP mean/std.
-    Training with augmentation (IRRA): resize, horizontal flip, pad 10 + random crop back to
-    (H, W), normalise, random erasing (scale 0.02-0.4) filled with the mean.
+    Evaluation: bilinear resize to (H, W) (torchvision's default, as IRRA), CLIP mean/std.
+    Training without augmentation: resize, horizontal flip, normalise (IRRA keeps the flip when
+    ``img_aug`` is off). Training with augmentation: resize, horizontal flip, pad 10 + random crop
+    back to (H, W), normalise, random erasing (scale 0.02-0.4) filled with the mean.
     """
     from torchvision import transforms as T
 
     height, width = int(image_size[0]), int(image_size[1])
-    resize = T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)
+    resize = T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR)
     normalise = T.Normalize(mean=CLIP_MEAN, std=CLIP_STD)
-    if not (train and augment):
+    if not train:
         return T.Compose([resize, T.ToTensor(), normalise])
+    if not augment:
+        return T.Compose([resize, T.RandomHorizontalFlip(0.5), T.ToTensor(), normalise])
     return T.Compose(
         [
             resize,

@@ -105,11 +105,15 @@ def evaluate_split(
     text = torch.nn.functional.normalize(text, dim=-1)
     image = torch.nn.functional.normalize(image, dim=-1)
     similarity = text @ image.t()
-    t2i = rank_metrics(similarity, queries.pids, gallery_pids)
+    unmatched = settings.eval.unmatched
+    t2i = rank_metrics(similarity, queries.pids, gallery_pids, unmatched=unmatched)
     result = EvalResult(split=split, t2i=_percent_only(t2i), info=_info(t2i))
+    result.info["unmatched"] = unmatched
     result.info["skipped_images"] = len(gallery) - len(kept)
     if i2t:
-        result.i2t = _percent_only(rank_metrics(similarity.t().contiguous(), gallery_pids, queries.pids))
+        backward = rank_metrics(similarity.t().contiguous(), gallery_pids, queries.pids, unmatched=unmatched)
+        result.i2t = _percent_only(backward)
+        result.info["i2t_queries_without_match"] = backward["queries_without_match"]
     if keep_similarity:
         result.similarity = similarity
         result.query_pids = queries.pids

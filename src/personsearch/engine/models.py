@@ -33,6 +33,7 @@ class TrainedModel:
     weights: Path
     fingerprint: str
     kind: str  # "run" or "irra"
+    num_classes: int | None = None  # identities of the checkpoint's classifier (none: no ID head saved)
 
 
 def model_fingerprint(weights_sha256: str, settings: Settings) -> str:
@@ -107,10 +108,13 @@ def load_trained(
 ) -> TrainedModel:
     """Load the CLIP of a trained model for embedding (eval mode, CPU, float32).
 
+    The classifier is not needed to embed; its size is read from the checkpoint (``num_classes``),
+    never assumed from a dataset, so a checkpoint of any identity count evaluates anywhere.
+
     ``source`` is a run folder, a checkpoint inside one, or an IRRA run folder; ``None`` takes the
     most recent run under ``output_dir`` that has weights.
     """
-    from personsearch.model import load_clip
+    from personsearch.model.checkpoints import load_checkpoint
     from personsearch.model.weights_trust import file_sha256, weights_for_file
 
     if source is None:
@@ -126,9 +130,9 @@ def load_trained(
         if weights is None:
             raise InputError(f"IRRA run {path} has no best.pth or last.pth")
         settings = irra_settings(path / IRRA_CONFIG)
-        clip = load_clip(weights, image_size=settings.model.image_size, stride=settings.model.stride)
+        loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
         fingerprint = model_fingerprint(file_sha256(weights)[0], settings)
-        return TrainedModel(clip.eval(), settings, path, weights, fingerprint, "irra")
+        return TrainedModel(loaded.clip.eval(), settings, path, weights, fingerprint, "irra", loaded.num_classes)
     run = _find_run(path)
     if run is None:
         raise InputError(f"{path} is not a run folder (no {CONFIG_FILE} beside its checkpoints)",
@@ -138,7 +142,7 @@ def load_trained(
         weights, meta = weights_for_file(path)
     else:
         weights, meta = read_weights_meta(run, which)
-    clip = load_clip(weights, image_size=settings.model.image_size,
-                     stride=settings.model.stride)
+    loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
-    return TrainedModel(clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run")
+    return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",
+                        loaded.num_classes)

@@ -97,6 +97,8 @@ class TrainResult:
     skipped_images: int = 0
     model: Any = None  # the trained IRRA module (unwrapped), for Python callers
     signal: int | None = None  # the signal that interrupted training (SIGINT 2, SIGTERM 15), if any
+    selected_on: str = "test"  # the split each epoch was evaluated on to pick the best checkpoint
+    final: dict[str, Any] = field(default_factory=dict)  # the selected checkpoint on eval.split (+ epoch, split)
 
 
 class _Stop(Exception):
@@ -122,11 +124,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+#: Evaluation settings a resumed run may not change: the best so far was chosen under them.
+FIXED_EVAL = ("eval.select_on", "eval.unmatched")
+
+
 def resume_conflicts(saved: Settings, settings: Settings) -> list[str]:
     """Settings that differ from the run's saved ones in a way resuming cannot honour."""
     old, new = _flatten(saved.model_dump(mode="json")), _flatten(settings.model_dump(mode="json"))
     return [f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+            if old.get(key) != new.get(key) and (key in FIXED_EVAL or not key.startswith(RESUMABLE_CHANGES))]
 
 
 class _Signals:
@@ -222,6 +228,7 @@ def train(
         raise InputError(f"train.batch_size = {settings.train.batch_size} is larger than the training set "
                          f"({len(train_set)} captions)", hint="lower --set train.batch_size")
 
+    selected_on = selection_split(prepared, settings)
     if info.is_main:
         _check_eval_split(prepared, settings.eval.split)
     if info.is_main and not resume and not (run_dir / CONFIG_FILE).is_file():
@@ -238,6 +245,7 @@ def train(
     start_epoch, step, batch_in_epoch = 0, 0, 0
     best: dict[str, float] = {}
     last: dict[str, float] = {}
+    final: dict[str, Any] = {}
     skipped_total = 0
     pending_eval = None
     if resume:
@@ -315,7 +323,7 @@ def train(
         if callbacks.on_eval_start:
             callbacks.on_eval_start(epoch)
         try:
-            result = evaluate_split(model.base_model, prepared, settings.eval.split, settings, device=device,
+            result = evaluate_split(model.base_model, prepared, selected_on, settings, device=device,
                                     precision=precision, progress=eval_tick)
         except (_Stop, KeyboardInterrupt):
             raise
@@ -324,20 +332,62 @@ def train(
                 raise _Stop("interrupted") from None
             detail = exc.message if isinstance(exc, InputError | RunFailure) else f"{type(exc).__name__}: {exc}"
             raise RunFailure(
-                f"evaluation on the {settings.eval.split} split failed after epoch {epoch + 1}: {detail}; "
+                f"evaluation on the {selected_on} split failed after epoch {epoch + 1}: {detail}; "
                 f"the trained weights are saved in {run_dir}",
                 hint=f"fix the cause, then `personsearch train --resume {run_dir}` evaluates and continues",
             ) from exc
         metrics = result.t2i
         last = metrics
-        record = {"epoch": epoch + 1, "step": step, "split": settings.eval.split, **metrics}
+        unmatched = int(result.info.get("queries_without_match", 0))
+        record = {"epoch": epoch + 1, "step": step, "split": selected_on, **metrics,
+                  "queries_without_match": unmatched}
         append_line(run_dir / METRICS_FILE, _json(record))
         if tensorboard is not None:
             for key, value in metrics.items():
                 tensorboard.add_scalar(f"eval/{key}", value, step)
         if callbacks.on_eval:
-            callbacks.on_eval(epoch, metrics)
+            callbacks.on_eval(epoch, {**metrics, "queries_without_match": unmatched})
         return metrics
+
+    def report_selected() -> None:
+        """The selected (best) checkpoint on eval.split: evaluated again only when it was selected on
+        another split; logged as one ``selected_checkpoint`` line of metrics.jsonl."""
+        nonlocal final
+        if not info.is_main or not best:
+            return
+        report = settings.eval.split
+        chosen = {"epoch": best.get("epoch"), "selected_on": selected_on, "split": report}
+        if report == selected_on:
+            final = {**chosen, **{k: v for k, v in best.items() if k != "epoch"}}
+        else:
+            from personsearch.engine.state import read_weights_meta
+            from personsearch.model.weights_trust import load_safetensors
+
+            path, meta = read_weights_meta(run_dir, "best")
+            current = None if meta.get("step") == step else {k: v.detach().clone()
+                                                               for k, v in model.state_dict().items()}
+            try:
+                if current is not None:
+                    model.load_state_dict(load_safetensors(path))  # checked by read_weights_meta against best.json
+                result = evaluate_split(model.base_model, prepared, report, settings, device=device,
+                                        precision=precision, progress=eval_tick)
+            except (_Stop, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                if signals.received is not None:
+                    raise _Stop("interrupted") from None
+                detail = exc.message if isinstance(exc, InputError | RunFailure) else f"{type(exc).__name__}: {exc}"
+                raise RunFailure(
+                    f"evaluating the selected checkpoint (epoch {best.get('epoch')}) on the {report} split failed: "
+                    f"{detail}; the trained weights are saved in {run_dir}",
+                    hint=f"`personsearch eval {run_dir} --split {report}` evaluates them",
+                ) from exc
+            finally:
+                if current is not None:
+                    model.load_state_dict(current)
+            final = {**chosen, **result.t2i,
+                     "queries_without_match": int(result.info.get("queries_without_match", 0))}
+        append_line(run_dir / METRICS_FILE, _json({"step": step, "selected_checkpoint": final}))
 
     stopped = "finished"
     epoch = start_epoch
@@ -418,6 +468,7 @@ def train(
             if due:
                 evaluate_saved(saved, epoch)
             distributed.barrier(info)
+        report_selected()
     except _Stop as stop:
         stopped = stop.reason
         if stopped == "interrupted" or signals.received is not None:
@@ -427,6 +478,10 @@ def train(
         else:
             saved = checkpoint_now(*resume_at, {}, not best, pending=True)
             evaluate_saved(saved, epoch)
+            try:
+                report_selected()
+            except _Stop:
+                stopped = "interrupted"
     except KeyboardInterrupt:
         stopped = "interrupted"
         if saved_at[0] != resume_at:
@@ -438,17 +493,35 @@ def train(
         distributed.shutdown_distributed()
     epochs_done = epoch + 1 if stopped == "finished" else epoch
     received = (signals.received or int(signal.SIGINT)) if stopped == "interrupted" else None
-    return TrainResult(run_dir, epochs_done, step, best, last, stopped, skipped_total, model, received)
+    return TrainResult(run_dir, epochs_done, step, best, last, stopped, skipped_total, model, received,
+                       selected_on, final)
 
 
-def _check_eval_split(prepared: Any, split: str) -> None:
-    """Refuse before training, not after the first epoch, when the evaluation split is unusable."""
+def selection_split(prepared: Any, settings: Settings) -> str:
+    """The split evaluated after each epoch to pick the best checkpoint (eval.select_on); ``val``
+    falls back to ``test``, with a warning, where the dataset has no val split (ICFG-PEDES)."""
+    wanted = settings.eval.select_on
+    if wanted == "val" and not _has_split(prepared, "val"):
+        log.warning("WARNING: the prepared dataset %s has no val split: the best checkpoint is selected on the "
+                    "TEST split (IRRA's protocol), so its test metrics are optimistic; "
+                    "set eval.select_on=test to make this choice explicit", prepared.path)
+        return "test"
+    _check_eval_split(prepared, wanted, setting="eval.select_on")
+    return wanted
+
+
+def _has_split(prepared: Any, split: str) -> bool:
     stats = prepared.statistics.get(split) if isinstance(prepared.statistics, dict) else None
-    if not stats or not stats.get("images") or not stats.get("captions"):
+    return bool(stats and stats.get("images") and stats.get("captions"))
+
+
+def _check_eval_split(prepared: Any, split: str, setting: str = "eval.split") -> None:
+    """Refuse before training, not after the first epoch, when the evaluation split is unusable."""
+    if not _has_split(prepared, split):
         have = ", ".join(name for name, value in prepared.statistics.items() if value and value.get("images"))
         raise InputError(
-            f"eval.split = {split!r}: the prepared dataset {prepared.path} has no {split} images or captions",
-            hint=f"choose a split it has ({have or 'none'}) with --set eval.split=...",
+            f"{setting} = {split!r}: the prepared dataset {prepared.path} has no {split} images or captions",
+            hint=f"choose a split it has ({have or 'none'}) with --set {setting}=...",
         )
 
 

@@ -3,8 +3,11 @@
 Formats: OpenAI's TorchScript archives (their tensors read without running the archive's code, see
 :mod:`personsearch.model.torchscript`), plain state-dict files (read with ``weights_only=True``, so
 a pickle that would run code is refused, never executed), ``.safetensors`` (header validated first),
-Hugging Face CLIP folders, IRRA checkpoints (``{"model": ...}`` with a ``base_model.`` prefix) and
-our own run folders, whose weights must match the sha256 the run recorded. A model name such as
+Hugging Face CLIP folders, IRRA checkpoints (``{"model": ...}`` with a ``base_model.`` prefix, or a
+fork's bare CLIP, with or without DataParallel's ``module.``; fp16 as IRRA saves them; no
+``logit_scale``, which IRRA's CLIP lacks) and our own run folders, whose weights must match the
+sha256 the run recorded. IRRA's heads (classifier, cross-modal branch) are kept apart from the CLIP
+weights; keys that are neither are listed in one warning. A model name such as
 ``ViT-B/16`` resolves to a file the user placed locally; nothing is ever downloaded. The visual
 position table is resized to the model's patch grid the way IRRA does (bilinear,
 ``align_corners=False``).
@@ -42,7 +45,10 @@ from personsearch.model.weights_trust import (
 
 __all__ = [
     "CLIP_DIR_ENV",
+    "IRRA_HEADS",
+    "LoadedCheckpoint",
     "convert_hf_state_dict",
+    "load_checkpoint",
     "load_clip",
     "read_state_dict",
     "resize_pos_embed",
@@ -55,6 +61,19 @@ CLIP_DIR_ENV = "PERSONSEARCH_CLIP_DIR"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")
+#: Top-level modules of IRRA's model beside ``base_model`` (its heads; not part of CLIP).
+IRRA_HEADS = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
+#: Optional on load: IRRA's CLIP has no learned temperature (the model's comes from settings).
+_OPTIONAL_KEYS = ("logit_scale",)
+
+
+@dataclasses.dataclass
+class _Parts:
+    """A checkpoint split into CLIP weights (OpenAI names), IRRA heads, and keys that are neither."""
+
+    clip: dict[str, Tensor]
+    heads: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    unknown: list[str] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------- name lookup
@@ -160,15 +179,23 @@ def _unwrap(obj: Any, origin: Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def _strip_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def _split(state_dict: dict[str, Tensor]) -> _Parts:
+    """Drop DataParallel's ``module.``; with ``base_model.`` (IRRA, our runs) the CLIP is under it and
+    IRRA's heads beside it; without it (a fork's bare CLIP) every other key is taken as CLIP's."""
     if state_dict and all(key.startswith("module.") for key in state_dict):
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
-    if any(key.startswith("base_model.") for key in state_dict):
-        # IRRA and our own runs: the CLIP lives under base_model., the heads beside it.
-        state_dict = {
-            k[len("base_model.") :]: v for k, v in state_dict.items() if k.startswith("base_model.")
-        }
-    return state_dict
+    nested = any(key.startswith("base_model.") for key in state_dict)
+    parts = _Parts({})
+    for key, value in state_dict.items():
+        if key.split(".", 1)[0] in IRRA_HEADS:
+            parts.heads[key] = value
+        elif not nested:
+            parts.clip[key] = value
+        elif key.startswith("base_model."):
+            parts.clip[key[len("base_model.") :]] = value
+        else:
+            parts.unknown.append(key)
+    return parts
 
 
 _HF_BLOCK = {
@@ -296,7 +323,7 @@ def _run_heads(run_dir: Path) -> dict[str, int]:
         return {}
 
 
-def _read_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
+def _read_folder(folder: Path) -> tuple[_Parts, dict[str, int]]:
     places = [(folder / "checkpoints", folder)]
     if folder.name == "checkpoints" or any((folder / name).is_file() for name in _RUN_CHECKPOINTS):
         places.append((folder, folder.parent))  # the checkpoints folder itself
@@ -308,9 +335,10 @@ def _read_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
             found = run_weights(candidates, tag, required=(run_dir / CONFIG_FILE).is_file())
             if found is not None:
                 path, meta = found
-                return _strip_prefixes(_unwrap(_read_verified(path, meta), path)), _run_heads(run_dir)
+                return _split(_unwrap(_read_verified(path, meta), path)), _run_heads(run_dir)
     if (folder / "config.json").is_file():
-        return _read_hf_folder(folder)
+        state_dict, heads = _read_hf_folder(folder)
+        return _Parts(state_dict), heads
     if (folder / "checkpoints").is_dir():
         raise InputError(
             f"run folder {folder} has no checkpoints/best.safetensors or checkpoints/last.safetensors",
@@ -323,7 +351,7 @@ def _read_folder(folder: Path) -> tuple[dict[str, Tensor], dict[str, int]]:
     )
 
 
-def _read(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, int], Path]:
+def _read(source: str | os.PathLike[str]) -> tuple[_Parts, dict[str, int], Path]:
     text = os.fspath(source)
     path = Path(text).expanduser()
     if not path.exists():
@@ -333,19 +361,21 @@ def _read(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, 
             raise InputError(f"CLIP weights not found: {path} does not exist", hint="check the path")
     heads: dict[str, int] = {}
     if path.is_dir():
-        state_dict, heads = _read_folder(path)
+        parts, heads = _read_folder(path)
     else:
         path, meta = weights_for_file(path)  # a run's weights: checked against what the run recorded
-        state_dict = _strip_prefixes(_unwrap(_read_verified(path, meta), path))
+        parts = _split(_unwrap(_read_verified(path, meta), path))
         run_dir = _run_of_weights(path)
-        if _is_hf(state_dict):
-            state_dict = convert_hf_state_dict(state_dict)
+        if _is_hf(parts.clip):
+            parts.clip = convert_hf_state_dict(parts.clip)
         elif run_dir is not None:  # a weights file inside a run: its heads are in config.yaml
             heads = _run_heads(run_dir)
     for key in _OPENAI_EXTRA_KEYS:
-        state_dict.pop(key, None)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    return state_dict, heads, path
+        parts.clip.pop(key, None)
+    # fp16 (IRRA's convert_weights) or bf16 tensors: computed in float32 here
+    parts.clip = {k: v.float() if v.is_floating_point() else v for k, v in parts.clip.items()}
+    parts.heads = {k: v.float() if v.is_floating_point() else v for k, v in parts.heads.items()}
+    return parts, heads, path
 
 
 def _run_of_weights(path: Path) -> Path | None:
@@ -359,7 +389,7 @@ def _run_of_weights(path: Path) -> Path | None:
 
 def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Any supported format (file, folder or model name) -> float32 CPU tensors under OpenAI names."""
-    return _read(source)[0]
+    return _read(source)[0].clip
 
 
 # ---------------------------------------------------------------------------------- adapting
@@ -384,7 +414,7 @@ def resize_pos_embed(posemb: Tensor, grid: tuple[int, int]) -> Tensor:
     return torch.cat([token, table], dim=0)
 
 
-def _adapt(state_dict: dict[str, Tensor], model: CLIP) -> dict[str, Tensor]:
+def _adapt(state_dict: dict[str, Tensor], model: CLIP, extra: list[str] | None = None) -> dict[str, Tensor]:
     state_dict = dict(state_dict)
     state_dict["visual.positional_embedding"] = resize_pos_embed(
         state_dict["visual.positional_embedding"], model.grid
@@ -393,15 +423,18 @@ def _adapt(state_dict: dict[str, Tensor], model: CLIP) -> dict[str, Tensor]:
     if state_dict["positional_embedding"].shape[0] > context:
         state_dict["positional_embedding"] = state_dict["positional_embedding"][:context]
     expected = model.state_dict()
+    for key in _OPTIONAL_KEYS:
+        if key not in state_dict and key in expected:
+            logger.info("the checkpoint has no %s (as IRRA's CLIP); the model's temperature comes from settings", key)
+            state_dict[key] = expected[key]
     missing = [key for key in expected if key not in state_dict]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(f"not a complete CLIP checkpoint: missing {shown}")
-    unexpected = [key for key in state_dict if key not in expected]
+    unexpected = list(extra or []) + [key for key in state_dict if key not in expected]
     if unexpected:
-        logger.warning(
-            "ignored %d keys that are not CLIP parameters: %s", len(unexpected), ", ".join(unexpected[:5])
-        )
+        shown = ", ".join(unexpected[:8]) + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else "")
+        logger.warning("ignored %d keys that are neither CLIP parameters nor IRRA heads: %s", len(unexpected), shown)
     for key, target in expected.items():
         if tuple(state_dict[key].shape) != tuple(target.shape):
             raise InputError(
@@ -410,6 +443,24 @@ def _adapt(state_dict: dict[str, Tensor], model: CLIP) -> dict[str, Tensor]:
                 hint="the checkpoint does not match this architecture",
             )
     return {key: state_dict[key] for key in expected}
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """A loaded CLIP and the IRRA heads its checkpoint carried (float32, IRRA's names, unloaded)."""
+
+    clip: CLIP
+    heads: dict[str, Tensor]
+    path: Path
+
+    @property
+    def num_classes(self) -> int | None:
+        """Identities of the checkpoint's classifier (IRRA issue #7: read it, never assume it)."""
+        weight = self.heads.get("classifier.weight")
+        return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+
+    def head_names(self) -> list[str]:
+        return sorted({key.split(".", 1)[0] for key in self.heads})
 
 
 def load_clip(
@@ -424,7 +475,18 @@ def load_clip(
     position table is resized to; ``context_length`` (default: the checkpoint's) may only shorten
     the text context.
     """
-    state_dict, heads, path = _read(source)
+    return load_checkpoint(source, image_size, stride, context_length).clip
+
+
+def load_checkpoint(
+    source: str | os.PathLike[str],
+    image_size: tuple[int, int] = (384, 128),
+    stride: int = 16,
+    context_length: int | None = None,
+) -> LoadedCheckpoint:
+    """``load_clip``, also returning the IRRA heads the checkpoint holds (read once, not twice)."""
+    parts, heads, path = _read(source)
+    state_dict = parts.clip
     config = config_from_state_dict(state_dict)
     if heads:
         config = dataclasses.replace(config, **heads)
@@ -437,9 +499,9 @@ def load_clip(
         config = dataclasses.replace(config, context_length=int(context_length))
     patch_grid(image_size, config.patch_size, stride)
     model = CLIP(config, image_size=image_size, stride=stride)
-    model.load_state_dict(_adapt(state_dict, model))
+    model.load_state_dict(_adapt(state_dict, model, parts.unknown))
     logger.info("loaded CLIP %s from %s (grid %dx%d)", _describe(config), path, *model.grid)
-    return model.eval()
+    return LoadedCheckpoint(model.eval(), parts.heads, path)
 
 
 def _describe(config: CLIPConfig) -> str:

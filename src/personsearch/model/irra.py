@@ -15,6 +15,12 @@ Where this forward is faster than IRRA's, and whether it is exact:
   full caption length, as IRRA does (its blocks attend over all positions, padding included, so
   cutting them changes the result). ``mlm_trim=True`` (``loss.mlm_trim``) cuts this branch to the
   longest caption too: faster, but padding positions then no longer take part.
+
+``irra_masked_matching=True`` (``loss.irra_masked_matching``, with the MLM loss) reproduces IRRA's
+code, whose masking writes into the caption array: SDM/ITC/CMPM/ID read the text feature of the
+masked caption, from the masked pass the MLM branch runs anyway (one text pass instead of two).
+Under AGM the importance still comes from the clean caption, in a gradient-free pass whose features
+go unused (two passes, as with clean matching).
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class IRRA(nn.Module):
         image_ids: bool = False,
         image_id_factor: float = 0.3,
         mlm_trim: bool = False,
+        irra_masked_matching: bool = False,
     ) -> None:
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
@@ -100,6 +107,8 @@ class IRRA(nn.Module):
         self.image_ids = image_ids
         self.image_id_factor = image_id_factor
         self.mlm_trim = mlm_trim
+        # IRRA's code: the matching losses see the MLM-masked caption (nothing is masked without mlm).
+        self.irra_masked_matching = bool(irra_masked_matching)
         self.base_model = base_model
         self.embed_dim = base_model.config.embed_dim
         self.vocab_size = int(vocab_size if vocab_size is not None else base_model.config.vocab_size)
@@ -159,7 +168,7 @@ class IRRA(nn.Module):
         """The model the settings describe; ``clip`` defaults to ``settings.model.pretrained``
         (random init from ``settings.model.arch`` when that is null)."""
         if clip is None:
-            clip = _clip_from_settings(settings)
+            clip = _clip_from_settings(settings, num_classes)
         loss = settings.loss
         weights = {name: getattr(loss, f"{name}_weight") for name in LOSS_NAMES}
         return cls(
@@ -174,6 +183,7 @@ class IRRA(nn.Module):
             image_ids=loss.image_ids,
             image_id_factor=loss.image_id_factor,
             mlm_trim=loss.mlm_trim,
+            irra_masked_matching=loss.irra_masked_matching,
         )
 
     # ------------------------------------------------------------------------------ encoding
@@ -222,11 +232,23 @@ class IRRA(nn.Module):
         i_feats = image_tokens[:, 0].float()
         length = int(ids.argmax(dim=-1).max()) + 1
         short_ids = ids[:, :length]
-        text_tokens, eot_attention = self.base_model.encode_text_tokens(
-            short_ids, attention_layers=self.masking.layers if agm else 0
-        )
         rows = torch.arange(ids.shape[0], device=ids.device)
-        t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
+        masked_matching = use_mlm and self.irra_masked_matching
+        if masked_matching:
+            eot_attention = None
+            if agm:  # importance from the clean caption; its features are not used
+                with torch.no_grad():
+                    _, eot_attention = self.base_model.encode_text_tokens(
+                        short_ids, attention_layers=self.masking.layers
+                    )
+            masked, labels = self._mask(ids, short_ids, eot_attention, generator)
+            mlm_tokens, _ = self.base_model.encode_text_tokens(masked)
+            t_feats = mlm_tokens[rows, masked.argmax(dim=-1)].float()  # IRRA: argmax of the masked ids
+        else:
+            text_tokens, eot_attention = self.base_model.encode_text_tokens(
+                short_ids, attention_layers=self.masking.layers if agm else 0
+            )
+            t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
 
         g_i, g_t, g_pids = i_feats, t_feats, pids
         if self.feature_gather is not None:
@@ -251,25 +273,26 @@ class IRRA(nn.Module):
             out["img_acc"] = (image_logits.argmax(dim=1) == pids).float().mean()
             out["txt_acc"] = (text_logits.argmax(dim=1) == pids).float().mean()
         if use_mlm:
-            out.update(self._mlm(ids, short_ids, image_tokens, eot_attention, generator))
+            if not masked_matching:
+                masked, labels = self._mask(ids, short_ids, eot_attention, generator)
+                mlm_tokens, _ = self.base_model.encode_text_tokens(masked)
+            out.update(self._mlm(mlm_tokens, labels, image_tokens))
 
         out["loss"] = torch.stack([out[f"{name}_loss"].float() for name in self.losses]).sum()
         return out
 
-    def _mlm(
-        self,
-        ids: Tensor,
-        short_ids: Tensor,
-        image_tokens: Tensor,
-        eot_attention: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> dict[str, Tensor]:
+    def _mask(
+        self, ids: Tensor, short_ids: Tensor, eot_attention: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Masked ids and MLM labels, padded back to the full caption length unless ``mlm_trim``."""
         masked, labels = mask_captions(short_ids, self.masking, eot_attention, generator)
         if not self.mlm_trim and short_ids.shape[1] < ids.shape[1]:
             pad = ids.shape[1] - short_ids.shape[1]
             masked = F.pad(masked, (0, pad))
             labels = F.pad(labels, (0, pad))
-        mlm_tokens, _ = self.base_model.encode_text_tokens(masked)
+        return masked, labels
+
+    def _mlm(self, mlm_tokens: Tensor, labels: Tensor, image_tokens: Tensor) -> dict[str, Tensor]:
         x = self.cross_former(mlm_tokens, image_tokens)
         chosen = labels != 0
         scores = self.mlm_head(x[chosen]).float()  # only masked positions: the head is per-position
@@ -301,8 +324,8 @@ class IRRA(nn.Module):
             )
 
 
-def _clip_from_settings(settings: Settings) -> CLIP:
-    from personsearch.model.checkpoints import load_clip
+def _clip_from_settings(settings: Settings, num_classes: int | None = None) -> CLIP:
+    from personsearch.model.checkpoints import load_checkpoint
     from personsearch.model.clip import build_clip
 
     model = settings.model
@@ -315,9 +338,20 @@ def _clip_from_settings(settings: Settings) -> CLIP:
             context_length=model.text_length,
             vocab_size=model.vocab_size,
         )
-    return load_clip(
+    loaded = load_checkpoint(
         model.pretrained, image_size=model.image_size, stride=model.stride, context_length=model.text_length
     )
+    if loaded.heads:
+        # Fine-tuning starts IRRA's heads fresh (the recipe from CLIP); a classifier of another
+        # dataset could not serve anyway: its identities are not this dataset's.
+        classes = loaded.num_classes
+        other = classes is not None and num_classes is not None and classes != num_classes
+        logger.info(
+            "model.pretrained %s: only its CLIP is loaded; its heads (%s) start fresh%s",
+            loaded.path, ", ".join(loaded.head_names()),
+            f"; its classifier of {classes} identities is dropped (this dataset has {num_classes})" if other else "",
+        )
+    return loaded.clip
 
 
 def build_irra(settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:

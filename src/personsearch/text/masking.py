@@ -145,7 +145,8 @@ def random_masking(
     """IRRA's masking: each non-special token chosen with probability ``ratio``, then 80/10/10.
 
     As in IRRA, a caption that drew no token gets its first word token replaced by ``<|mask|>``
-    (always the mask token, not 80/10/10). A caption with no word tokens is left as it is.
+    (always the mask token, not 80/10/10). A caption with no word tokens (``[SOT, EOT]``) is left as
+    it is: IRRA masks its EOT instead (label EOT), a deliberate difference listed in the README.
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
