@@ -165,8 +165,8 @@ def run_demo(
             if result.stopped == "interrupted":
                 raise Interrupted(f"the demo was interrupted while training ({run_dir} holds the state so far)",
                                   signal=result.signal or 2)
-            runs.append(DemoRun(strategy, run_dir, result.final or result.best or result.last, result.steps, result.epochs,
-                                time.monotonic() - tick))
+            shown = result.final or result.best or result.last  # the selected checkpoint on the test split
+            runs.append(DemoRun(strategy, run_dir, shown, result.steps, result.epochs, time.monotonic() - tick))
 
         main = runs[-1]
         _stage(hooks, "exporting the test gallery into a searchable index")
