@@ -316,26 +316,28 @@ def train(
         if callbacks.eval_progress:
             callbacks.eval_progress(count)
 
-    def evaluate_now(epoch: int) -> dict[str, float]:
-        nonlocal last
-        if not info.is_main:
-            return {}
-        if callbacks.on_eval_start:
-            callbacks.on_eval_start(epoch)
+    def guarded_eval(split: str, failure: str, hint: str) -> Any:
+        """Evaluate on ``split``: an interruption stays one; any other error becomes a RunFailure that
+        says the trained weights are saved."""
         try:
-            result = evaluate_split(model.base_model, prepared, selected_on, settings, device=device,
-                                    precision=precision, progress=eval_tick)
+            return evaluate_split(model.base_model, prepared, split, settings, device=device,
+                                  precision=precision, progress=eval_tick)
         except (_Stop, KeyboardInterrupt):
             raise
         except Exception as exc:
             if signals.received is not None:  # a worker hit by the same Ctrl-C: an interruption, not a failure
                 raise _Stop("interrupted") from None
             detail = exc.message if isinstance(exc, InputError | RunFailure) else f"{type(exc).__name__}: {exc}"
-            raise RunFailure(
-                f"evaluation on the {selected_on} split failed after epoch {epoch + 1}: {detail}; "
-                f"the trained weights are saved in {run_dir}",
-                hint=f"fix the cause, then `personsearch train --resume {run_dir}` evaluates and continues",
-            ) from exc
+            raise RunFailure(f"{failure}: {detail}; the trained weights are saved in {run_dir}", hint=hint) from exc
+
+    def evaluate_now(epoch: int) -> dict[str, float]:
+        nonlocal last
+        if not info.is_main:
+            return {}
+        if callbacks.on_eval_start:
+            callbacks.on_eval_start(epoch)
+        result = guarded_eval(selected_on, f"evaluation on the {selected_on} split failed after epoch {epoch + 1}",
+                              f"fix the cause, then `personsearch train --resume {run_dir}` evaluates and continues")
         metrics = result.t2i
         last = metrics
         unmatched = int(result.info.get("queries_without_match", 0))
@@ -369,19 +371,9 @@ def train(
             try:
                 if current is not None:
                     model.load_state_dict(load_safetensors(path))  # checked by read_weights_meta against best.json
-                result = evaluate_split(model.base_model, prepared, report, settings, device=device,
-                                        precision=precision, progress=eval_tick)
-            except (_Stop, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                if signals.received is not None:
-                    raise _Stop("interrupted") from None
-                detail = exc.message if isinstance(exc, InputError | RunFailure) else f"{type(exc).__name__}: {exc}"
-                raise RunFailure(
-                    f"evaluating the selected checkpoint (epoch {best.get('epoch')}) on the {report} split failed: "
-                    f"{detail}; the trained weights are saved in {run_dir}",
-                    hint=f"`personsearch eval {run_dir} --split {report}` evaluates them",
-                ) from exc
+                result = guarded_eval(report, f"evaluating the selected checkpoint (epoch {best.get('epoch')}) on "
+                                              f"the {report} split failed",
+                                      f"`personsearch eval {run_dir} --split {report}` evaluates them")
             finally:
                 if current is not None:
                     model.load_state_dict(current)
