@@ -58,3 +58,23 @@ def tiny_settings(prepared_tiny: Path, tmp_path: Path):
     return resolve_settings(
         sets=TINY_SETS + [f"data.root={prepared_tiny}", f"runtime.output_dir={tmp_path / 'runs'}"], environ={}
     )
+
+
+@pytest.fixture(scope="session")
+def prepared_without_val(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic set with its val identities moved to test (like ICFG-PEDES: no val split)."""
+    import json
+    import shutil
+
+    from personsearch.data import prepare_dataset
+
+    folder = tmp_path_factory.mktemp("no-val")
+    raw = folder / "raw"
+    shutil.copytree(synthetic_raw, raw)
+    entries = json.loads((raw / "reid_raw.json").read_text())
+    for entry in entries:
+        if entry["split"] == "val":
+            entry["split"] = "test"
+    (raw / "reid_raw.json").write_text(json.dumps(entries))
+    prepare_dataset("CUHK-PEDES", raw, folder / "prep", workers=1)
+    return folder / "prep"

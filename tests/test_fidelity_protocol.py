@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -210,19 +209,10 @@ def test_select_on_test_is_irras_protocol(tiny_settings, tmp_path):
     assert result.final == {"selected_on": "test", "split": "test", **result.best}
 
 
-def test_no_val_split_falls_back_to_test_loudly(synthetic_raw, tiny_settings, tmp_path, caplog):
-    from personsearch.data import prepare_dataset
+def test_no_val_split_falls_back_to_test_loudly(prepared_without_val, tiny_settings, tmp_path, caplog):
     from personsearch.engine.train import train
 
-    raw = tmp_path / "raw"
-    shutil.copytree(synthetic_raw, raw)
-    entries = json.loads((raw / "reid_raw.json").read_text())
-    for entry in entries:
-        if entry["split"] == "val":
-            entry["split"] = "test"
-    (raw / "reid_raw.json").write_text(json.dumps(entries))
-    prepare_dataset("CUHK-PEDES", raw, tmp_path / "prep", workers=1)
-    settings = _tiny(tiny_settings, "train.epochs=1", f"data.root={tmp_path / 'prep'}")
+    settings = _tiny(tiny_settings, "train.epochs=1", f"data.root={prepared_without_val}")
     with caplog.at_level(logging.WARNING, logger="personsearch.engine.train"):
         result = train(settings, settings.data.root, tmp_path / "run")
     assert any("no val split" in r.getMessage() and "TEST" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.test_irra import CONTEXT, TINY
 
 from personsearch.errors import InputError
 from personsearch.model import irra as irra_module
@@ -20,18 +21,6 @@ from personsearch.model.clip import build_clip
 from personsearch.model.irra import IRRA, build_irra
 from personsearch.settings import MaskingSettings, resolve_settings
 from personsearch.text.masking import EOT_TOKEN_ID, SOT_TOKEN_ID
-
-TINY = dict(
-    embed_dim=64,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    patch_size=16,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)
-CONTEXT = 24
 
 
 @functools.lru_cache(maxsize=1)

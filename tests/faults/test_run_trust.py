@@ -91,21 +91,9 @@ def test_empty_user_folder_given_as_run_is_kept_on_failure(prepared_tiny, tmp_pa
     assert (out / "r").is_dir()
 
 
-def test_missing_eval_split_is_refused_before_training(synthetic_raw, tmp_path):
-    import shutil
-
-    from personsearch.data import prepare_dataset
-
-    raw = tmp_path / "raw"
-    shutil.copytree(synthetic_raw, raw)
-    entries = json.loads((raw / "reid_raw.json").read_text())
-    for entry in entries:
-        if entry["split"] == "val":
-            entry["split"] = "test"
-    (raw / "reid_raw.json").write_text(json.dumps(entries))
-    prepare_dataset("CUHK-PEDES", raw, tmp_path / "prep", workers=1)
+def test_missing_eval_split_is_refused_before_training(prepared_without_val, tmp_path):
     out = tmp_path / "runs"
-    result = invoke(*_train_args(tmp_path / "prep", out, "--name", "r", "--set", "eval.split=val"))
+    result = invoke(*_train_args(prepared_without_val, out, "--name", "r", "--set", "eval.split=val"))
     assert_input_error(result, "eval.split", "val", "test")
     assert not (out / "r").exists()
 
