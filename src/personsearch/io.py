@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -500,7 +501,9 @@ def safe_component(name: str, what: str = "run name", option: str = "--name") ->
     """A user-given name used as one folder name: no separators, no '..', nothing hidden or odd."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or name.startswith(".") or len(name.encode("utf-8", "surrogatepass")) > 200
-            or any(ord(c) < 32 or c == "\x7f" for c in name)):
+            or any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in name)):
+        # control, format (bidi overrides, zero-width) and separator characters would let a name
+        # display as another one
         raise InputError(
             f"{option} {name!r} is not a valid {what}",
             hint="use one folder name: letters, digits, '-', '_' or '.', not starting with '.'",

@@ -24,7 +24,8 @@ def _train_args(prepared: Path, out: Path, *extra: str) -> list[str]:
 # ------------------------------------------------------------------------------ run names
 
 
-@pytest.mark.parametrize("name", ["../escaped", "ABSOLUTE", "a/b", "..", ".", ".hidden", "x\x00y", "tab\there", ""])
+@pytest.mark.parametrize("name", ["../escaped", "ABSOLUTE", "a/b", "..", ".", ".hidden", "x\x00y", "tab\there", "",
+                                  "\u202eevil", "zero\u200bwidth"])
 def test_run_name_is_one_safe_folder_name(prepared_tiny, tmp_path, name):
     out = tmp_path / "runs" / "inner"
     absolute = tmp_path / "elsewhere" / "abs-run"
