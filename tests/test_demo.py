@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_packaged_demo_settings_are_the_shipped_config():
     packaged = REPO / "src" / "personsearch" / "demo.yaml"
     assert packaged.read_text() == (REPO / "configs" / "demo.yaml").read_text()
-    from personsearch.engine.demo import demo_settings
+    from personsearch.demo import demo_settings
 
     settings = demo_settings()
     assert settings.model.pretrained is None and settings.masking.strategy == "attention"

@@ -178,7 +178,7 @@ def test_help_and_config_show_do_not_import_torch():
         "r = CliRunner().invoke(app, ['config', 'show', '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "import personsearch.data.synthetic, personsearch.retrieval.sheet  # prepare synthetic --preview\n"
+        "import personsearch.data.synthetic, personsearch.sheet  # prepare synthetic --preview\n"
         "assert 'torch' not in sys.modules, 'the preview path imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from personsearch.retrieval.sheet import (
+from personsearch.sheet import (
     MATCH,
     MISMATCH,
     SheetRow,
@@ -70,7 +70,7 @@ def test_unreadable_and_missing_images_become_placeholders(tmp_path: Path, caplo
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     rows = [SheetRow(None, [SheetTile(broken, label="0.10"), SheetTile(tmp_path / "gone.png")])]
-    with caplog.at_level(logging.WARNING, logger="personsearch.retrieval.sheet"):
+    with caplog.at_level(logging.WARNING, logger="personsearch.sheet"):
         sheet = render_contact_sheet(rows, tmp_path / "s.png", tile_size=TILE)
     assert "broken.jpg" in caplog.text and "gone.png" in caplog.text
     assert broken.read_bytes() == b"this is not a jpeg"  # input untouched

@@ -92,6 +92,10 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+#: Formats Pillow may decode (never EPS: it runs Ghostscript on the file's PostScript).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "PCX", "ICO", "SGI")
+
+
 class NotRegularFile(OSError):
     """A path that names a FIFO, socket, device or folder where a file was expected."""
 

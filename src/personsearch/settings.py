@@ -40,6 +40,8 @@ LOSS_NAMES = ("sdm", "itc", "id", "mlm", "cmpm")
 # (ViT-bigG is 1664 wide, 48 layers deep), narrow enough that a slip of the keyboard is refused
 # before a model is built rather than crashing (or filling the memory) inside training.
 INT64_MAX = 2**63 - 1
+#: The file a run saves its resolved settings in (personsearch.runs reads it back).
+SETTINGS_FILE = "config.yaml"
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and PYTHONHASHSEED take 32-bit seeds
 MAX_WIDTH = 8192
 MAX_LAYERS = 256
@@ -875,7 +877,7 @@ def _known_keys(dotted: str) -> list[str]:
 
 def load_run_settings(run_dir: str | Path) -> Settings:
     """Read a run's saved settings back (every verb that takes a run starts here)."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / SETTINGS_FILE
     if not path.is_file():
         raise InputError(f"{run_dir} has no config.yaml; is it a run folder made by `personsearch train`?")
     return resolve_settings(config=path, environ={})

@@ -347,7 +347,7 @@ def _within(seconds: float, fifo: Path, call):  # noqa: ANN001, ANN202
 def test_a_fifo_swapped_in_after_discovery_is_not_read(tmp_path):
     from personsearch.data.transforms import build_transform
     from personsearch.retrieval.export import _ImageFiles
-    from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
+    from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     fifo = tmp_path / "late.jpg"
     os.mkfifo(fifo)

@@ -135,7 +135,7 @@ def test_eval_sheet_never_replaces_the_dataset_or_the_run(tiny_run, prepared_tin
 def test_oversized_sheets_are_refused(index):
     from PIL import Image
 
-    from personsearch.retrieval.sheet import MAX_SHEET_TILES, SheetRow, SheetTile, render_contact_sheet
+    from personsearch.sheet import MAX_SHEET_TILES, SheetRow, SheetTile, render_contact_sheet
 
     result = invoke("query", "woman", "--index", index, "-k", str(MAX_SHEET_TILES + 1), "--sheet", "/tmp/never.png")
     assert_input_error(result, "-k")
@@ -260,12 +260,12 @@ def test_export_never_writes_into_the_prepared_dataset(tiny_run, prepared_tiny, 
 
 
 def test_contact_sheets_never_decode_postscript(tmp_path):
-    from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
+    from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     eps = tmp_path / "evil.jpg"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n(x) print\nshowpage\n")
     out = tmp_path / "sheet.png"
-    import personsearch.retrieval.sheet as sheet
+    import personsearch.sheet as sheet
 
     seen = []
     real = sheet.Image.open

@@ -31,7 +31,7 @@ def demo(
 ) -> None:
     """Draw data, train, evaluate, export an index and answer "a woman in a red coat"."""
     from personsearch.cli.train import training_progress
-    from personsearch.engine.demo import DemoHooks, run_demo
+    from personsearch.demo import DemoHooks, run_demo
 
     quiet = state.quiet or json_
     progresses = []

@@ -37,7 +37,7 @@ def evaluate(
     from personsearch.engine.evaluate import evaluate_split, sheet_rows
     from personsearch.engine.models import load_trained
     from personsearch.io import append_line
-    from personsearch.retrieval.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
+    from personsearch.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
 
     if split is not None and split not in ("test", "val"):
         raise InputError(f"--split {split!r}: choose test or val")

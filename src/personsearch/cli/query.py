@@ -78,7 +78,7 @@ def query(
         read_queries,
         render_query_sheet,
     )
-    from personsearch.retrieval.sheet import check_sheet_path, check_sheet_size, check_sheet_target
+    from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
     from personsearch.settings import resolve_settings
 
     if sheet is not None:

@@ -480,7 +480,7 @@ def check_image(path: Path, base: Path, verify: bool = False) -> str | None:
     blocking and only as a regular file, in a format training will decode (``IMAGE_FORMATS``)."""
     from PIL import Image
 
-    from personsearch.data.transforms import IMAGE_FORMATS
+    from personsearch.io import IMAGE_FORMATS
 
     try:
         real = path.resolve(strict=True)

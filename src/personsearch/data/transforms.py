@@ -20,14 +20,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from personsearch.io import NotRegularFile, open_regular
+from personsearch.io import IMAGE_FORMATS, NotRegularFile, open_regular
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-#: Formats Pillow may decode (never EPS: it runs Ghostscript on the file's PostScript).
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "PCX", "ICO", "SGI")
 
 
 class ImageLoadError(Exception):

@@ -139,7 +139,7 @@ def sheet_rows(result: EvalResult, image_root: Any, queries: int = 8, seed: int 
     with scores, framed green for the query's identity and red otherwise, then one true match."""
     from pathlib import Path
 
-    from personsearch.retrieval.sheet import MATCH, MISMATCH, SheetRow, SheetTile
+    from personsearch.sheet import MATCH, MISMATCH, SheetRow, SheetTile
 
     if result.similarity is None or result.query_pids is None or result.gallery_pids is None:
         raise ValueError("evaluate_split(..., keep_similarity=True) is needed for a sheet")

@@ -272,7 +272,7 @@ def render_query_sheet(
 ) -> Path:
     """A contact sheet PNG: one row per query (its text as the caption), the top-k images with
     rank and score. Returns ``out_path``."""
-    from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
+    from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     rows = []
     for result in results:

@@ -244,7 +244,7 @@ def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
 def write_preview(raw_root: Path, out_png: Path, seed: int = 0, rows: int = 6) -> None:
     """A contact sheet of ``rows`` sampled identities: their images, and one caption under them."""
     from personsearch.data.formats import shown
-    from personsearch.retrieval.sheet import SheetRow, SheetTile, render_contact_sheet
+    from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     if rows < 1:
         raise InputError(f"preview rows {rows!r}: must be at least 1")

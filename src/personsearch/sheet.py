@@ -20,7 +20,7 @@ from typing import Literal
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from personsearch.io import atomic_write_bytes, open_regular
+from personsearch.io import IMAGE_FORMATS, atomic_write_bytes, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,6 @@ def _load(
         if isinstance(tile.image, Image.Image):
             image = tile.image.convert("RGB")
         else:
-            from personsearch.data.transforms import IMAGE_FORMATS  # never EPS: Pillow would run Ghostscript
-
             with open_regular(tile.image) as raw, Image.open(raw, formats=IMAGE_FORMATS) as handle:
                 image = handle.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
