@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from personsearch.engine.models import load_trained
+from personsearch.runs import load_trained
 from personsearch.retrieval.export import export_images
 
 TINY_ARCH = [

@@ -31,7 +31,7 @@ QUERY = "a woman in a red coat carrying a black bag"
 REFERENCE = """
 import sys, json, numpy as np, torch
 from pathlib import Path
-from personsearch.engine.models import load_trained
+from personsearch.runs import load_trained
 from personsearch.text import tokenize
 index = Path(sys.argv[1]); header = json.loads((index / "header.json").read_text())
 model = load_trained(header["model"]["weights"])
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
 
-    from personsearch.engine.models import load_trained
+    from personsearch.runs import load_trained
     from personsearch.retrieval import write_index
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ def trained_run(prepared_tiny, tmp_path_factory):
 def test_eval_json_matches_a_plain_recomputation(trained_run, prepared_tiny):
     from personsearch.data.prepared import PreparedDataset
     from personsearch.engine.evaluate import evaluate_split
-    from personsearch.engine.models import load_trained
+    from personsearch.runs import load_trained
 
     result = runner.invoke(app, ["eval", str(trained_run), "--json", "--i2t"])
     assert result.exit_code == 0, result.output

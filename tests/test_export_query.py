@@ -18,12 +18,12 @@ from tests.conftest import TINY_SETS
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app
-from personsearch.engine.models import load_trained
 from personsearch.errors import InputError
 from personsearch.io import sha256_file
 from personsearch.retrieval.export import discover_images, export_images
 from personsearch.retrieval.index import GalleryIndex
 from personsearch.retrieval.query import search_text
+from personsearch.runs import load_trained
 
 runner = CliRunner()
 

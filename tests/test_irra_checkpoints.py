@@ -150,7 +150,7 @@ def test_irra_run_folder_evaluates_to_irra_evaluator(irra_state, prepared_tiny, 
     from personsearch.data.datasets import GalleryImages, QueryCaptions
     from personsearch.data.prepared import PreparedDataset
     from personsearch.data.transforms import build_transform
-    from personsearch.engine.models import load_trained
+    from personsearch.runs import load_trained
 
     run = tmp_path / "irra_out"
     save_irra_run(run, irra_state)

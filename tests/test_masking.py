@@ -9,15 +9,13 @@ import torch
 
 from personsearch.settings import MaskingSettings
 from personsearch.text.masking import (
-    EOT_TOKEN_ID,
-    MASK_TOKEN_ID,
-    SOT_TOKEN_ID,
     attention_masking,
     candidate_importance,
     candidate_mask,
     mask_captions,
     random_masking,
 )
+from personsearch.text.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, SOT_TOKEN_ID
 
 
 def _captions(batch: int, length: int = 40, seed: int = 0) -> torch.Tensor:

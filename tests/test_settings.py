@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from personsearch.cli.app import app
 from personsearch.errors import InputError
-from personsearch.settings import Settings, load_run_settings, resolve_settings
+from personsearch.runs import load_run_settings
+from personsearch.settings import Settings, resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -15,7 +15,7 @@ import torch
 
 from personsearch.errors import InputError
 from personsearch.text import ClipTokenizer, default_tokenizer, tokenize
-from personsearch.text.tokenizer import VOCAB_FILE
+from personsearch.text.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, SOT_TOKEN_ID, VOCAB_FILE
 
 VOCAB_BYTES = resources.files("personsearch.text").joinpath(VOCAB_FILE).read_bytes()
 
@@ -94,6 +94,7 @@ def test_layout_and_special_ids():
         49407,
         49408,
     )
+    assert (MASK_TOKEN_ID, SOT_TOKEN_ID, EOT_TOKEN_ID) == (tok.mask_token_id, tok.sot_token_id, tok.eot_token_id)
     assert tok.decoder[0] == "!" and tok.decoder[256] == "!</w>"
     assert tok.decoder[512] == "in"  # first merge "i n"
     assert "jekyll</w>" not in tok.encoder

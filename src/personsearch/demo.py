@@ -122,11 +122,10 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage under ``out``; ``minutes`` caps each training run's wall time."""
     from personsearch.data.prepared import PreparedDataset
-    from personsearch.engine.models import load_trained
     from personsearch.io import RunLock
     from personsearch.retrieval.export import export_images
     from personsearch.retrieval.query import render_query_sheet, search_text
-    from personsearch.runs import create_run, setup_logging
+    from personsearch.runs import INDEX_DIR, load_trained
 
     hooks = hooks or DemoHooks()
     if masking not in ("attention", "random"):
@@ -156,9 +155,8 @@ def run_demo(
             settings.train.batch_size = min(settings.train.batch_size, _train_captions(prepared))
             name = f"run-{strategy}" if compare_masking else "run"
             _stage(hooks, f"training a small CLIP-IRRA from scratch ({strategy} masking)")
-            run_dir = create_run(settings, name=name, output_dir=out, exist_ok=True)
-            _clear_previous(run_dir)
-            setup_logging(run_dir)
+            run_dir = out / name
+            _clear_previous(run_dir)  # training starts it anew, under its lock
             tick = time.monotonic()
             callbacks = hooks.train(strategy) if hooks.train else None
             result = train(settings, data, run_dir, callbacks=callbacks)
@@ -171,7 +169,7 @@ def run_demo(
         main = runs[-1]
         _stage(hooks, "exporting the test gallery into a searchable index")
         model = load_trained(main.run)
-        index = main.run / "index"
+        index = main.run / INDEX_DIR
         export_images(model, index, prepared=prepared, split="test", workers=workers)
         _stage(hooks, f"searching: {query!r}")
         results = search_text(model, index, [query], k=10)
@@ -214,12 +212,18 @@ def _train_captions(prepared: Any) -> int:
 
 
 def _clear_previous(run_dir: Path) -> None:
-    """A rerun of the demo trains afresh: drop the previous run's checkpoints and logs."""
+    """A rerun of the demo trains afresh: drop what the previous run wrote (and only that: a file
+    the user added keeps the folder, and training then refuses to reuse it)."""
     import shutil
 
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    shutil.rmtree(run_dir / "index", ignore_errors=True)
-    for name in ("metrics.jsonl", "log.txt"):
+    from personsearch.io import OWNER_MARKER
+    from personsearch.runs import CHECKPOINT_DIR, CONFIG_FILE, INDEX_DIR, LOG_FILE, METRICS_FILE
+
+    if not run_dir.is_dir():
+        return
+    for name in (CHECKPOINT_DIR, INDEX_DIR):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE, OWNER_MARKER):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -210,7 +210,7 @@ UNWRITABLE = ["under-a-file", "proc", "sys"]
 def test_export_refuses_an_unwritable_out_before_loading_the_model(tiny_run, tmp_path, monkeypatch, kind):
     gallery = tmp_path / "gallery"
     _images(gallery, ["a.jpg"])
-    _forbid(monkeypatch, "personsearch.engine.models.load_trained")
+    _forbid(monkeypatch, "personsearch.runs.load_trained")
     out = _unwritable(tmp_path, kind)
     assert_input_error(_export(tiny_run, gallery, out), "--out")
     assert_input_error(_export(tiny_run, gallery, out, "--append"), "--out")
@@ -345,15 +345,15 @@ def _within(seconds: float, fifo: Path, call):  # noqa: ANN001, ANN202
 
 
 def test_a_fifo_swapped_in_after_discovery_is_not_read(tmp_path):
+    from personsearch.data.datasets import ImageFiles, Unreadable
     from personsearch.data.transforms import build_transform
-    from personsearch.retrieval.export import _ImageFiles
     from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     fifo = tmp_path / "late.jpg"
     os.mkfifo(fifo)
-    dataset = _ImageFiles([fifo], build_transform((64, 32)))
-    _, image, reason = _within(10, fifo, lambda: dataset[0])
-    assert image is None and "regular" in reason
+    dataset = ImageFiles([fifo], build_transform((64, 32)))
+    item = _within(10, fifo, lambda: dataset[0])
+    assert isinstance(item, Unreadable) and "regular" in item.reason
     sheet = _within(10, fifo, lambda: render_contact_sheet([SheetRow("q", [SheetTile(fifo)])], tmp_path / "s.png"))
     assert sheet.width > 0 and (tmp_path / "s.png").is_file()
 
@@ -493,10 +493,10 @@ def test_embeddings_of_the_wrong_size_or_kind_are_one_message(folder_index, tmp_
 def test_two_writers_never_add_the_same_files(tiny_run, tmp_path, second):
     """The first append has read the header and decided what is new when a second writer comes:
     the second is refused (the lock is held for the whole append), so each file is indexed once."""
-    from personsearch.engine.models import load_trained
     from personsearch.errors import InputError
     from personsearch.retrieval.export import export_images
     from personsearch.retrieval.index import GalleryIndex
+    from personsearch.runs import load_trained
 
     gallery = tmp_path / "gallery"
     _images(gallery, ["a0.jpg", "a1.jpg", "a2.jpg"])

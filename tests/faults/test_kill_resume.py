@@ -24,8 +24,8 @@ _KILLER = r"""
 import importlib, os, signal, sys
 spec, after, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if os.environ.get("FAULTS_NO_EXCHANGE"):  # systems without an atomic folder exchange
-    import personsearch.io
-    personsearch.io._exchange = lambda a, b: False
+    import personsearch.io.atomic
+    personsearch.io.atomic._exchange = lambda a, b: False
 module_name, attr_path = spec.split(":")
 owner = importlib.import_module(module_name)
 *parents, attr = attr_path.split(".")
@@ -84,9 +84,9 @@ def _env() -> dict[str, str]:
         pytest.param("personsearch.data.prepared:_npy_bytes", 0, "after", True, id="before-write",
                      marks=pytest.mark.slow),
         # the new folder complete, not swapped in
-        pytest.param("personsearch.io:_exchange", 0, "before", True, id="before-swap"),
+        pytest.param("personsearch.io.atomic:_exchange", 0, "before", True, id="before-swap"),
         # swapped in, the old one not yet removed
-        pytest.param("personsearch.io:_exchange", 0, "after", True, id="after-swap"),
+        pytest.param("personsearch.io.atomic:_exchange", 0, "after", True, id="after-swap"),
         # without an atomic exchange (os.replace call 1 writes the owner marker inside the new
         # folder): before moving the old aside
         pytest.param("os:replace", 1, "before", False, id="fallback-before", marks=pytest.mark.slow),

@@ -235,7 +235,7 @@ def test_merge_keys_inside_a_section_still_work(tmp_path):
 
 def test_a_run_config_edited_with_a_set_is_refused(tmp_path):
     from personsearch.errors import InputError
-    from personsearch.settings import load_run_settings
+    from personsearch.runs import load_run_settings
 
     (tmp_path / "config.yaml").write_text("model:\n  image_size: !!set {384: null, 128: null}\n", encoding="utf-8")
     with pytest.raises(InputError, match="!!set"):

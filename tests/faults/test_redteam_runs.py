@@ -128,10 +128,11 @@ def test_two_new_runs_racing_for_one_name_never_delete_the_winner(tiny_settings,
     """Both used to pass the 'already exists' check, both wrote the folder, then the one refused by
     the lock removed the folder as 'its own failed run' while the other was training in it."""
     from personsearch import runs
+    from personsearch.runs import lifecycle
 
     barrier = threading.Barrier(2, timeout=20)
     calls = {"n": 0}
-    real = runs.ensure_writable
+    real = lifecycle.ensure_writable
 
     def both_checked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["n"] += 1
@@ -139,7 +140,7 @@ def test_two_new_runs_racing_for_one_name_never_delete_the_winner(tiny_settings,
             barrier.wait()  # both racers are past the existence check before either writes
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "ensure_writable", both_checked)
+    monkeypatch.setattr(lifecycle, "ensure_writable", both_checked)
     run_dir = tmp_path / "runs" / "same"
     loser_done = threading.Event()
     outcome: dict[str, object] = {}

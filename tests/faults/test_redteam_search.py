@@ -203,8 +203,8 @@ _BOMB = "".join(
 
 @pytest.mark.parametrize("key", ["loss_names", "img_size", "stride_size"])
 def test_irra_configs_alias_bomb_is_refused_quickly(tmp_path, key):
-    from personsearch.engine.models import irra_settings
     from personsearch.errors import InputError
+    from personsearch.runs import irra_settings
 
     config = tmp_path / "configs.yaml"
     value = "[*i, *i]" if key == "img_size" else "*i"
@@ -214,7 +214,7 @@ def test_irra_configs_alias_bomb_is_refused_quickly(tmp_path, key):
 
 
 def test_irra_configs_python_tuple_still_loads(tmp_path):
-    from personsearch.engine.models import irra_settings
+    from personsearch.runs import irra_settings
 
     config = tmp_path / "configs.yaml"
     config.write_text("img_size: !!python/tuple\n- 384\n- 128\nstride_size: 16\nloss_names: sdm+mlm+id\n")

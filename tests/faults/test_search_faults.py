@@ -209,7 +209,7 @@ def test_export_killed_keeps_the_previous_index(tiny_run, tmp_path):
     run_cli(*export)
     good = tree_digest(index)
     Image.new("RGB", (32, 64), "red").save(gallery / "new.jpg")
-    assert run_killed("personsearch.io:_exchange", 0, "before", *export) == -signal.SIGKILL
+    assert run_killed("personsearch.io.atomic:_exchange", 0, "before", *export) == -signal.SIGKILL
     left = {k: v for k, v in tree_digest(index).items() if k != ".lock"}  # a dead pid's lock: stale
     assert left == good and len(GalleryIndex.open(index)) == 3
     run_cli(*export)

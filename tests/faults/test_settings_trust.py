@@ -170,7 +170,7 @@ def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path, text, key, li
 
 
 def test_duplicate_keys_in_a_run_config_are_refused(tmp_path):
-    from personsearch.settings import load_run_settings
+    from personsearch.runs import load_run_settings
 
     run = tmp_path / "run"
     run.mkdir()

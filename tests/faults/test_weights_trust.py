@@ -164,8 +164,8 @@ def evil_archive(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_archive_whose_setstate_writes_a_file_is_refused_by_every_loader(evil_archive, prepared_tiny, tmp_path):
-    from personsearch.engine.models import load_trained
     from personsearch.model import load_clip, read_state_dict
+    from personsearch.runs import load_trained
 
     path, marker = evil_archive
     before = tree_digest(path)
@@ -535,9 +535,9 @@ def _replace_weights(path: Path, how: str = "other") -> None:
 
 @pytest.mark.parametrize("how", ["other", "flip"])
 def test_replaced_weights_are_refused_by_every_reader(tiny_run, tmp_path, how):
-    from personsearch.engine.models import load_trained
     from personsearch.engine.state import read_weights_meta
     from personsearch.model import load_clip
+    from personsearch.runs import load_trained
 
     run = _run_copy(tiny_run, tmp_path)
     folder = run / "checkpoints"
@@ -631,14 +631,14 @@ def test_weights_replaced_while_being_read_are_refused(tiny_run, tmp_path, monke
     from personsearch.model import checkpoints, load_clip
 
     run = _run_copy(tiny_run, tmp_path)
-    real = checkpoints._read_file
+    real = checkpoints.read_weights_file
 
     def read_then_replace(path: Path):  # noqa: ANN202
         content = real(path)
         _replace_weights(path)
         return content
 
-    monkeypatch.setattr(checkpoints, "_read_file", read_then_replace)
+    monkeypatch.setattr(checkpoints, "read_weights_file", read_then_replace)
     with pytest.raises(InputError, match="changed while it was being read"):
         load_clip(run, image_size=(64, 32))
 

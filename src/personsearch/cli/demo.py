@@ -30,7 +30,7 @@ def demo(
     json_: JsonOption = False,
 ) -> None:
     """Draw data, train, evaluate, export an index and answer "a woman in a red coat"."""
-    from personsearch.cli.train import training_progress
+    from personsearch.cli.progress import training_progress
     from personsearch.demo import DemoHooks, run_demo
 
     quiet = state.quiet or json_

@@ -35,8 +35,8 @@ def evaluate(
     from personsearch.accel import check_precision, resolve_device
     from personsearch.data.prepared import PreparedDataset
     from personsearch.engine.evaluate import evaluate_split, sheet_rows
-    from personsearch.engine.models import load_trained
     from personsearch.io import append_line
+    from personsearch.runs import load_trained
     from personsearch.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
 
     if split is not None and split not in ("test", "val"):

@@ -48,8 +48,8 @@ def export(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from personsearch.accel import check_precision, resolve_device
-    from personsearch.engine.models import load_trained
     from personsearch.retrieval.export import check_out, export_images
+    from personsearch.runs import load_trained
 
     if (images is None) == (data is None):
         raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")

@@ -1,27 +1,80 @@
-"""torch Datasets over a prepared dataset: one training sample per caption, gallery images and
-query captions for evaluation.
+"""torch Datasets: image files by path, and over a prepared dataset one training sample per
+caption, gallery images and query captions for evaluation.
 
-A training image that cannot be decoded yields ``None`` (with a warning); ``collate_skipping``
-drops such items and reports how many, so an epoch never dies on one bad file.
+Images that may be skipped are read by ``ImageFiles`` (training, evaluation and export alike): a
+file that cannot be read yields ``Unreadable`` (a training caption: ``None``, with a warning)
+instead of raising, and ``collate_skipping`` drops such items and counts them, so neither an
+epoch, an evaluation nor an export dies on one bad file. ``GalleryImages`` read item by item is
+strict: an unreadable image there is a ``RunFailure``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from personsearch.data.images import NOT_REGULAR
 from personsearch.data.prepared import Entry, PreparedDataset
 from personsearch.data.transforms import ImageLoadError, load_rgb
 from personsearch.errors import RunFailure
+from personsearch.io import NotRegularFile, open_regular
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for the item of an image that could not be read: which one and why. Yielded,
+    never raised, so one bad file costs one item (``collate_skipping`` drops and counts it)."""
+
+    index: int
+    reason: str
+
+
+class ImageFiles(Dataset):
+    """Items ``{"images", "index"}``: the files decoded and transformed, by position; a file that
+    cannot be read yields ``Unreadable(index, reason)`` instead.
+
+    A file is opened only if it is a regular file, without blocking: a FIFO or device swapped in
+    after the files were listed is refused, never waited on.
+    """
+
+    def __init__(self, files: Sequence[Path], transform: Transform) -> None:
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Unreadable:
+        try:
+            handle = open_regular(self.files[index])
+        except NotRegularFile:
+            return Unreadable(index, NOT_REGULAR)
+        except OSError as exc:
+            reason = "symbolic link loop" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            return Unreadable(index, f"cannot be opened: {reason}")
+        except ValueError as exc:
+            return Unreadable(index, f"cannot be opened: {exc}")
+        with handle:
+            try:
+                return {"images": self.transform(load_rgb(handle)), "index": index}  # type: ignore[arg-type]
+            except ImageLoadError as exc:
+                reason = str(exc)
+                prefix = f"{handle}: "  # load_rgb names the file it was given: here the open handle
+                return Unreadable(index, reason[len(prefix) :] if reason.startswith(prefix) else reason)
+            except (OSError, ValueError, RuntimeError) as exc:
+                return Unreadable(index, f"cannot be converted ({exc})")
 
 
 class TrainCaptions(Dataset):
@@ -36,6 +89,7 @@ class TrainCaptions(Dataset):
         self.transform = transform
         entries = prepared.entries(split)
         self.entries: list[Entry] = entries
+        self.images = ImageFiles([prepared.image_path(entry) for entry in entries], transform)
         owner = np.repeat(np.arange(len(entries)), [len(entry.captions) for entry in entries])
         self.caption_entry = owner
         self.caption_rows = np.asarray([row for entry in entries for row in entry.rows], dtype=np.int64)
@@ -45,30 +99,31 @@ class TrainCaptions(Dataset):
         return len(self.caption_rows)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        entry = self.entries[int(self.caption_entry[index])]
-        path = self.prepared.image_path(entry)
-        try:
-            image = load_rgb(path)
-        except ImageLoadError as exc:
-            log.warning("skipping training image (entry %d): %s", entry.entry, exc)
+        position = int(self.caption_entry[index])
+        entry = self.entries[position]
+        item = self.images[position]
+        if isinstance(item, Unreadable):
+            log.warning("skipping training image (entry %d): %s: %s", entry.entry, self.images.files[position],
+                        item.reason)
             return None
         return {
-            "images": self.transform(image),
+            "images": item["images"],
             "caption_ids": torch.from_numpy(self.prepared.tokens[self.caption_rows[index]].astype(np.int64)),
             "pids": entry.pid,
             "image_ids": entry.image_id,
         }
 
 
-def collate_skipping(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Default collation of the items that loaded; ``batch["skipped"]`` counts the rest. A batch
-    in which nothing loaded holds only ``skipped``."""
-    kept = [item for item in batch if item is not None]
-    skipped = len(batch) - len(kept)
-    if not kept:
-        return {"skipped": skipped}
-    collated = default_collate(kept)
-    collated["skipped"] = skipped
+def collate_skipping(batch: Sequence[dict[str, Any] | Unreadable | None]) -> dict[str, Any]:
+    """Default collation of the items that loaded; ``batch["skipped"]`` counts the rest (``None``
+    and ``Unreadable``), and ``batch["unreadable"]`` lists the ``Unreadable`` ones, in batch order,
+    when there are any. A batch in which nothing loaded holds only those two keys."""
+    kept = [item for item in batch if item is not None and not isinstance(item, Unreadable)]
+    unreadable = [item for item in batch if isinstance(item, Unreadable)]
+    collated = default_collate(kept) if kept else {}
+    collated["skipped"] = len(batch) - len(kept)
+    if unreadable:
+        collated["unreadable"] = unreadable
     return collated
 
 
@@ -80,6 +135,8 @@ class GalleryImages(Dataset):
         self.entries = prepared.entries(split)
         self.transform = transform
         self.pids = torch.tensor([entry.pid for entry in self.entries], dtype=torch.long)
+        #: The same images, read leniently: an unreadable one is an ``Unreadable`` item, not an error.
+        self.images = ImageFiles([prepared.image_path(entry) for entry in self.entries], transform)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -69,3 +69,46 @@ def broadcast_flag(value: bool, info: DistInfo) -> bool:
     flag = torch.tensor([1.0 if value else 0.0])
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item() > 0)
+
+
+def check_nproc(nproc: int, device: str | None) -> None:
+    """One process per GPU (or, on the CPU, at most one per core): anything else is a typo that would
+    start hundreds of training processes, or none."""
+    from personsearch.errors import InputError
+
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}: give the number of training processes, 1 or more")
+    if nproc == 1:
+        return
+    on_gpu = torch.cuda.is_available() and (device or "auto") not in ("cpu",)
+    limit = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    if nproc > limit:
+        where = f"{limit} CUDA devices" if on_gpu else f"{limit} CPU cores"
+        raise InputError(f"--nproc {nproc} is more processes than this machine has {where}",
+                         hint=f"use --nproc {limit} or fewer")
+
+
+def launch_torchrun(nproc: int, name: str | None, argv: list[str] | None = None) -> int:
+    """Run this command again under torch.distributed.run with ``nproc`` processes (the same
+    arguments, less ``--nproc``; ``name`` added when the run's name was chosen here, so every
+    process trains the same run); returns torchrun's exit code."""
+    import subprocess
+    import sys
+
+    args: list[str] = []
+    skip = False
+    for arg in (sys.argv[1:] if argv is None else argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    if name is not None and not any(arg in ("--name", "-n") or arg.startswith("--name=") for arg in args):
+        args += ["--name", name]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "personsearch", *args]
+    return subprocess.call(command)

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from personsearch.data.datasets import GalleryImages, QueryCaptions, collate_skipping
 from personsearch.errors import RunFailure
 from personsearch.metrics import rank_metrics
 from personsearch.retrieval.embed import Progress, embed_images, embed_texts
@@ -33,29 +34,8 @@ class EvalResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class _ReadableGallery(Dataset):
-    """Gallery items, with ``None`` for an image that can no longer be read (deleted or corrupted
-    since prepare): it is left out of the gallery and counted, never a crash mid-evaluation."""
-
-    def __init__(self, gallery: Any) -> None:
-        self.gallery = gallery
-
-    def __len__(self) -> int:
-        return len(self.gallery)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor | None]:
-        try:
-            return index, self.gallery[index]["images"]
-        except RunFailure as exc:
-            log.warning("leaving out gallery image %d: %s", index, exc.message)
-            return index, None
-
-
-def _collate_readable(items: list[tuple[int, Tensor | None]]) -> tuple[list[int], Tensor | None]:
-    kept = [(index, image) for index, image in items if image is not None]
-    if not kept:
-        return [], None
-    return [index for index, _ in kept], torch.stack([image for _, image in kept])
+#: The gallery loader's collate, looked up when the loader is made (a fault test interrupts here).
+_collate_readable = collate_skipping
 
 
 @torch.no_grad()
@@ -72,7 +52,6 @@ def evaluate_split(
     keep_similarity: bool = False,
 ) -> EvalResult:
     """Rank every gallery image of ``split`` for every caption of ``split``."""
-    from personsearch.data.datasets import GalleryImages, QueryCaptions
     from personsearch.data.transforms import build_transform
 
     device = torch.device(device)
@@ -84,16 +63,21 @@ def evaluate_split(
         gallery = GalleryImages(prepared, split, build_transform(settings.model.image_size, train=False))
         text = embed_texts(clip, queries.caption_ids, batch_size=batch_size, device=device,
                            precision=precision, progress=progress)
-        loader = DataLoader(_ReadableGallery(gallery), batch_size=batch_size, shuffle=False,
+        # An image unreadable since prepare is left out of the gallery and counted, never a crash.
+        loader = DataLoader(gallery.images, batch_size=batch_size, shuffle=False,
                             num_workers=settings.data.workers, collate_fn=_collate_readable,
                             pin_memory=device.type == "cuda")
         kept: list[int] = []
 
         def batches() -> Iterator[Tensor]:
-            for indices, images in loader:
-                if images is not None:
-                    kept.extend(indices)
-                    yield images
+            for batch in loader:
+                for lost in batch.get("unreadable", ()):
+                    entry = gallery.entries[lost.index]
+                    log.warning("leaving out gallery image %d: gallery image of entry %d is unreadable: %s: %s",
+                                lost.index, entry.entry, gallery.images.files[lost.index], lost.reason)
+                if "images" in batch:
+                    kept.extend(batch["index"].tolist())
+                    yield batch["images"]
 
         image = embed_images(clip, batches(), device=device, precision=precision, progress=progress)
     finally:

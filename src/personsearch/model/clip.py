@@ -432,7 +432,7 @@ def build_clip(
     context_length: int = 77,
     vocab_size: int = 49408,
 ) -> CLIP:
-    """A randomly initialised CLIP from ``settings.model.arch`` values (an object or a dict)."""
+    """A new, randomly initialised CLIP from an architecture: ``settings.model.arch`` or a dict of it."""
     patch = _arch_value(arch, "patch_size")
     config = CLIPConfig(
         embed_dim=_arch_value(arch, "embed_dim"),

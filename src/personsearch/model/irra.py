@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from personsearch.errors import InputError
 from personsearch.losses import cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
 from personsearch.model.clip import CLIP, Attention, QuickGELU, Transformer
+from personsearch.model.factory import clip_from_settings
 from personsearch.settings import LOSS_NAMES, MaskingSettings
 from personsearch.text.masking import mask_captions
 
@@ -88,6 +89,8 @@ class IRRA(nn.Module):
         image_id_factor: float = 0.3,
         mlm_trim: bool = False,
         irra_masked_matching: bool = False,
+        freeze_logit_scale: bool = False,
+        feature_gather: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
@@ -114,9 +117,12 @@ class IRRA(nn.Module):
         self.vocab_size = int(vocab_size if vocab_size is not None else base_model.config.vocab_size)
         # Fixed (not learned) logit scale, as IRRA: 1 / temperature.
         self.logit_scale = 1.0 / temperature
+        if freeze_logit_scale and base_model.logit_scale is not None:
+            # CLIP's learned scale goes unused here: frozen, it stays out of the optimizer (training does this).
+            base_model.logit_scale.requires_grad_(False)
         # Under DDP with loss.gather, concatenates a tensor over all ranks (with gradients), so the
         # matching losses see the global batch; None = per-rank losses, as IRRA computes them.
-        self.feature_gather: Callable[[Tensor], Tensor] | None = None
+        self.feature_gather = feature_gather
         width = self.embed_dim
 
         if "id" in self.losses:
@@ -164,11 +170,20 @@ class IRRA(nn.Module):
     # ------------------------------------------------------------------------------ building
 
     @classmethod
-    def from_settings(cls, settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:
+    def from_settings(
+        cls,
+        settings: Settings,
+        num_classes: int,
+        clip: CLIP | None = None,
+        *,
+        freeze_logit_scale: bool = False,
+        feature_gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> IRRA:
         """The model the settings describe; ``clip`` defaults to ``settings.model.pretrained``
-        (random init from ``settings.model.arch`` when that is null)."""
+        (random init from ``settings.model.arch`` when that is null). The keywords are the
+        constructor's: how training runs this model, which the settings do not say."""
         if clip is None:
-            clip = _clip_from_settings(settings, num_classes)
+            clip = clip_from_settings(settings, num_classes)
         loss = settings.loss
         weights = {name: getattr(loss, f"{name}_weight") for name in LOSS_NAMES}
         return cls(
@@ -184,6 +199,8 @@ class IRRA(nn.Module):
             image_id_factor=loss.image_id_factor,
             mlm_trim=loss.mlm_trim,
             irra_masked_matching=loss.irra_masked_matching,
+            freeze_logit_scale=freeze_logit_scale,
+            feature_gather=feature_gather,
         )
 
     # ------------------------------------------------------------------------------ encoding
@@ -324,36 +341,14 @@ class IRRA(nn.Module):
             )
 
 
-def _clip_from_settings(settings: Settings, num_classes: int | None = None) -> CLIP:
-    from personsearch.model.checkpoints import load_checkpoint
-    from personsearch.model.clip import build_clip
-
-    model = settings.model
-    if model.pretrained is None:
-        logger.info("randomly initialised CLIP (model.pretrained is null)")
-        return build_clip(
-            model.arch,
-            image_size=model.image_size,
-            stride=model.stride,
-            context_length=model.text_length,
-            vocab_size=model.vocab_size,
-        )
-    loaded = load_checkpoint(
-        model.pretrained, image_size=model.image_size, stride=model.stride, context_length=model.text_length
-    )
-    if loaded.heads:
-        # Fine-tuning starts IRRA's heads fresh (the recipe from CLIP); a classifier of another
-        # dataset could not serve anyway: its identities are not this dataset's.
-        classes = loaded.num_classes
-        other = classes is not None and num_classes is not None and classes != num_classes
-        logger.info(
-            "model.pretrained %s: only its CLIP is loaded; its heads (%s) start fresh%s",
-            loaded.path, ", ".join(loaded.head_names()),
-            f"; its classifier of {classes} identities is dropped (this dataset has {num_classes})" if other else "",
-        )
-    return loaded.clip
-
-
-def build_irra(settings: Settings, num_classes: int, clip: CLIP | None = None) -> IRRA:
+def build_irra(
+    settings: Settings,
+    num_classes: int,
+    clip: CLIP | None = None,
+    *,
+    freeze_logit_scale: bool = False,
+    feature_gather: Callable[[Tensor], Tensor] | None = None,
+) -> IRRA:
     """``IRRA.from_settings``: the model, its CLIP from ``settings.model`` unless one is given."""
-    return IRRA.from_settings(settings, num_classes, clip)
+    return IRRA.from_settings(settings, num_classes, clip, freeze_logit_scale=freeze_logit_scale,
+                              feature_gather=feature_gather)

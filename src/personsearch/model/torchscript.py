@@ -2,17 +2,18 @@
 
 ``torch.jit.load`` runs the archive's code (a class's ``__setstate__``, for one) while it loads, so
 a weights file could do anything. Here the zip is opened and its ``data.pkl`` unpickled by a
-restricted unpickler: tensors are rebuilt from the archive's storage records by this module, the
-archive's module classes become inert records of their attributes, and any other reference (a
-function, a class outside the archive) refuses the file. The parameters and buffers are then taken
-by their dotted names, the names ``torch.jit.load(path).state_dict()`` gives, bit for bit the same
-tensors. Sizes, offsets and strides are checked against the records before anything is read, and
-nothing larger than the archive itself is allocated.
+restricted unpickler (:mod:`personsearch.model.torchscript_unpickler`): tensors are rebuilt from
+the archive's storage records by this module, the archive's module classes become inert records of
+their attributes, and any other reference (a function, a class outside the archive) refuses the
+file. The parameters and buffers are then taken by their dotted names, those the classes' exported
+code declares (:mod:`personsearch.model.torchscript_classes`, parsed as text): the names
+``torch.jit.load(path).state_dict()`` gives, bit for bit the same tensors. Sizes, offsets and
+strides are checked against the records before anything is read, and nothing larger than the
+archive itself is allocated.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickle
@@ -21,7 +22,6 @@ import struct
 import sys
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,15 @@ import torch
 from torch import Tensor
 
 from personsearch.errors import InputError
+from personsearch.model.torchscript_classes import ClassInfo, parse_classes
+from personsearch.model.torchscript_unpickler import (
+    Malicious,
+    Refused,
+    RestrictedUnpickler,
+    ScriptObject,
+    StorageRef,
+    TensorRecord,
+)
 
 __all__ = ["is_torchscript", "read_torchscript"]
 
@@ -41,164 +50,6 @@ MAX_DEPTH = 128
 MAX_VISITS = 1_000_000
 MAX_DIMS = 64
 _HINT = "get the weights from a source you trust, or as .safetensors"
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
-}
-_UNSUPPORTED_TENSORS = {
-    ("torch._utils", "_rebuild_qtensor"): "quantized tensors",
-    ("torch._utils", "_rebuild_sparse_tensor"): "sparse tensors",
-    ("torch._utils", "_rebuild_sparse_csr_tensor"): "sparse tensors",
-    ("torch._utils", "_rebuild_wrapper_subclass"): "tensor subclasses",
-    ("torch._utils", "_rebuild_device_tensor_from_numpy"): "numpy-backed tensors",
-    ("torch._tensor", "_rebuild_from_type_v2"): "tensor subclasses",
-    ("torch._tensor", "_rebuild_from_type"): "tensor subclasses",
-}
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
-
-
-class _Refused(Exception):
-    """Why the archive is not read (becomes an InputError naming the file)."""
-
-
-class _Malicious(_Refused):
-    """The archive asks for code to run."""
-
-
-# ----------------------------------------------------------------------- inert pickle objects
-
-
-class _StorageType:
-    __slots__ = ("dtype", "name")
-
-    def __init__(self, name: str, dtype: torch.dtype) -> None:
-        self.name, self.dtype = name, dtype
-
-    def __setstate__(self, state: Any) -> None:
-        raise _Refused("data.pkl modifies a storage type")
-
-
-class _StorageRef:
-    """('storage', type, key, location, numel): a storage record of the archive, not yet read."""
-
-    __slots__ = ("dtype", "key", "numel")
-
-    def __init__(self, dtype: torch.dtype, key: str, numel: int) -> None:
-        self.dtype, self.key, self.numel = dtype, key, numel
-
-    def __setstate__(self, state: Any) -> None:
-        raise _Refused("data.pkl modifies a storage")
-
-
-class _TensorRecord:
-    """The arguments of ``_rebuild_tensor_v2``; turned into a tensor only after they are checked."""
-
-    __slots__ = ("offset", "size", "storage", "stride")
-
-    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any) -> None:
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-    def __setstate__(self, state: Any) -> None:
-        raise _Refused("data.pkl modifies a tensor after building it")
-
-
-class _ScriptObject:
-    """An object of one of the archive's own classes: its state is kept, nothing of it runs."""
-
-    __slots__ = ("args", "state")
-    qualname = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> _ScriptObject:
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> _TensorRecord:
-    return _TensorRecord(storage, offset, size, stride)
-
-
-def _rebuild_parameter(data: Any, *rest: Any) -> Any:
-    if not isinstance(data, _TensorRecord):
-        raise _Refused("data.pkl builds a parameter from something that is not a tensor")
-    return data
-
-
-def _ordered_dict(*args: Any) -> dict:
-    if args:
-        raise _Refused("data.pkl fills backward hooks, which weights never have")
-    return {}
-
-
-def _first(value: Any, *rest: Any) -> Any:
-    return value
-
-
-def _device(name: Any, *rest: Any) -> str:
-    return str(name)[:64]
-
-
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch.jit._pickle", "restore_type_tag"): _first,
-    ("torch.jit._pickle", "build_intlist"): _first,
-    ("torch.jit._pickle", "build_tensorlist"): _first,
-    ("torch.jit._pickle", "build_doublelist"): _first,
-    ("torch.jit._pickle", "build_boollist"): _first,
-    ("torch", "device"): _device,
-}
-
-
-class _RestrictedUnpickler(pickle._Unpickler):  # the Python one: its memo is a dict, not a huge array
-    """Resolves only what rebuilding tensors needs; the archive's classes become inert records."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data), fix_imports=False)
-        self.classes: dict[tuple[str, str], type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key in _ALLOWED:
-            return _ALLOWED[key]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name, _STORAGE_DTYPES[name])
-        if key in _UNSUPPORTED_TENSORS:
-            raise _Refused(f"it holds {_UNSUPPORTED_TENSORS[key]}; only dense tensors are read")
-        if (module == "__torch__" or module.startswith("__torch__.")) and _NAME.match(name) and len(module) < 512:
-            if key not in self.classes:
-                if len(self.classes) >= 100_000:
-                    raise _Refused("data.pkl names too many classes")
-                self.classes[key] = type("ScriptObject", (_ScriptObject,), {"__slots__": (),
-                                                                              "qualname": f"{module}.{name}"})
-            return self.classes[key]
-        raise _Malicious(f"its data.pkl calls {str(module)[:80]}.{str(name)[:80]}, which weights never need "
-                         "(loading the archive with torch would run it)")
-
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Refused(f"data.pkl refers to {str(pid)[:80]}, not a storage record")
-        _, kind, key, _location, numel = pid
-        if not isinstance(kind, _StorageType):
-            raise _Refused(f"storage record {str(key)[:40]!r} has an unknown type")
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise _Refused(f"data.pkl refers to a storage record named {str(key)[:60]!r}")
-        if type(numel) is not int or not 0 <= numel < 2**62:
-            raise _Refused(f"storage record {key!r} claims {str(numel)[:40]} elements")
-        return _StorageRef(kind.dtype, key, numel)
 
 
 # --------------------------------------------------------------------------------- the zip
@@ -236,44 +87,8 @@ def _check_directory(path: Path, size: int) -> None:
         return
     entries, directory = declared
     if entries > MAX_ENTRIES or directory > MAX_DIRECTORY_BYTES:
-        raise _Refused(f"the archive lists {entries} entries in a {directory}-byte directory (at most "
+        raise Refused(f"the archive lists {entries} entries in a {directory}-byte directory (at most "
                        f"{MAX_ENTRIES} entries, {MAX_DIRECTORY_BYTES} bytes)")
-
-
-@dataclass
-class _ClassInfo:
-    base: str
-    params: list[str] = field(default_factory=list)
-    buffers: list[str] = field(default_factory=list)
-    declared: bool = False  # the class lists its parameters (else every tensor attribute counts)
-    runs_code: bool = False
-
-    @property
-    def is_module(self) -> bool:
-        return self.base.rsplit(".", 1)[-1] == "Module"
-
-
-_LIST_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def _parse_classes(text: str) -> dict[str, _ClassInfo]:
-    """``__parameters__``/``__buffers__`` of the classes in one exported code file (parsed, not run)."""
-    classes: dict[str, _ClassInfo] = {}
-    current: _ClassInfo | None = None
-    for line in text.splitlines():
-        if line and not line[0].isspace():
-            match = re.match(r"class (\w+)\(([\w.]*)\):", line)
-            current = classes.setdefault(match.group(1), _ClassInfo(match.group(2))) if match else None
-            continue
-        if current is None or not line.startswith("  ") or line.startswith("   "):
-            continue
-        if line.startswith("  __parameters__ = ["):
-            current.params, current.declared = _LIST_ITEM.findall(line), True
-        elif line.startswith("  __buffers__ = ["):
-            current.buffers = _LIST_ITEM.findall(line)
-        elif line.startswith("  def __setstate__("):
-            current.runs_code = True
-    return classes
 
 
 class _Archive:
@@ -284,22 +99,22 @@ class _Archive:
         self.zip = zipfile.ZipFile(path)
         infos = self.zip.infolist()
         if len(infos) > MAX_ENTRIES:
-            raise _Refused(f"the archive lists {len(infos)} entries (at most {MAX_ENTRIES})")
+            raise Refused(f"the archive lists {len(infos)} entries (at most {MAX_ENTRIES})")
         self.entries: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             name = info.filename
             parts = name.split("/")
             if (not name or name.startswith("/") or "\\" in name or "\x00" in name or ".." in parts
                     or re.match(r"^[A-Za-z]:", name)):
-                raise _Refused(f"the archive holds an entry named {name[:80]!r}, which no TorchScript archive has")
+                raise Refused(f"the archive holds an entry named {name[:80]!r}, which no TorchScript archive has")
             if name in self.entries:
-                raise _Refused(f"the archive holds {name[:80]!r} twice")
+                raise Refused(f"the archive holds {name[:80]!r} twice")
             self.entries[name] = info
         if not infos or "/" not in infos[0].filename:
-            raise _Refused("it has no top-level folder, as TorchScript archives do")
+            raise Refused("it has no top-level folder, as TorchScript archives do")
         self.prefix = infos[0].filename.split("/", 1)[0]
         self.storages: dict[str, Tensor] = {}
-        self.classes: dict[str, dict[str, _ClassInfo]] = {}
+        self.classes: dict[str, dict[str, ClassInfo]] = {}
         self.code_read = 0
         self.tensor_bytes = 0
 
@@ -314,33 +129,33 @@ class _Archive:
         if info is None:
             return None
         if info.file_size > limit:
-            raise _Refused(f"{name} is {info.file_size} bytes (at most {limit} are read)")
+            raise Refused(f"{name} is {info.file_size} bytes (at most {limit} are read)")
         if info.compress_size > self.size or (info.compress_type == zipfile.ZIP_STORED
                                               and info.compress_size != info.file_size):
-            raise _Refused(f"{name} claims more bytes than the archive holds")
+            raise Refused(f"{name} claims more bytes than the archive holds")
         with self.zip.open(info) as handle:
             data = handle.read(limit + 1)
         if len(data) != info.file_size:
-            raise _Refused(f"{name} is truncated")
+            raise Refused(f"{name} is truncated")
         return data
 
-    def storage(self, ref: _StorageRef) -> Tensor:
+    def storage(self, ref: StorageRef) -> Tensor:
         known = self.storages.get(ref.key)
         if known is not None:
             if known.dtype != ref.dtype or known.numel() != ref.numel:
-                raise _Refused(f"storage record data/{ref.key} is described twice, differently")
+                raise Refused(f"storage record data/{ref.key} is described twice, differently")
             return known
         name = f"data/{ref.key}"
         info = self._info(name)
         if info is None:
-            raise _Refused(f"data.pkl refers to the storage record {name}, which the archive lacks")
+            raise Refused(f"data.pkl refers to the storage record {name}, which the archive lacks")
         itemsize = torch.empty(0, dtype=ref.dtype).element_size()
         nbytes = ref.numel * itemsize
         if info.file_size != nbytes:
-            raise _Refused(f"storage record {name} holds {info.file_size} bytes, but data.pkl describes "
+            raise Refused(f"storage record {name} holds {info.file_size} bytes, but data.pkl describes "
                            f"{ref.numel} x {str(ref.dtype).removeprefix('torch.')} = {nbytes} bytes")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != nbytes or nbytes > self.size:
-            raise _Refused(f"storage record {name} is compressed or larger than the archive; TorchScript stores "
+            raise Refused(f"storage record {name} is compressed or larger than the archive; TorchScript stores "
                            "tensors uncompressed")
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         view = memoryview(buffer.numpy()) if nbytes else memoryview(bytearray())
@@ -349,22 +164,22 @@ class _Archive:
             while done < nbytes:
                 got = handle.readinto(view[done : done + (16 << 20)])
                 if not got:
-                    raise _Refused(f"storage record {name} is truncated")
+                    raise Refused(f"storage record {name} is truncated")
                 done += got
             if handle.read(1):
-                raise _Refused(f"storage record {name} holds more than it declares")
+                raise Refused(f"storage record {name} holds more than it declares")
         tensor = buffer.view(ref.dtype) if nbytes else torch.empty(0, dtype=ref.dtype)
         self.storages[ref.key] = tensor
         return tensor
 
-    def class_info(self, qualname: str) -> _ClassInfo | None:
+    def class_info(self, qualname: str) -> ClassInfo | None:
         module, _, name = qualname.rpartition(".")
         if module not in self.classes:
             text = self.read_small("code/" + module.replace(".", "/") + ".py", MAX_CODE_BYTES)
             self.code_read += len(text or b"")
             if self.code_read > 4 * MAX_CODE_BYTES:
-                raise _Refused("its code files are larger than any model's")
-            self.classes[module] = _parse_classes(text.decode("utf-8", "replace")) if text else {}
+                raise Refused("its code files are larger than any model's")
+            self.classes[module] = parse_classes(text.decode("utf-8", "replace")) if text else {}
         return self.classes[module].get(name)
 
 
@@ -373,75 +188,75 @@ class _Archive:
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
-        raise _Refused(f"a tensor has {what} {str(value)[:60]}")
+        raise Refused(f"a tensor has {what} {str(value)[:60]}")
     if not all(type(v) is int and 0 <= v < 2**62 for v in value):
-        raise _Refused(f"a tensor has {what} {str(value)[:60]}: expected non-negative integers")
+        raise Refused(f"a tensor has {what} {str(value)[:60]}: expected non-negative integers")
     return tuple(value)
 
 
-def _tensor(archive: _Archive, record: _TensorRecord, name: str) -> Tensor:
+def _tensor(archive: _Archive, record: TensorRecord, name: str) -> Tensor:
     ref = record.storage
-    if not isinstance(ref, _StorageRef):
-        raise _Refused(f"tensor {name} is not built from a storage record")
+    if not isinstance(ref, StorageRef):
+        raise Refused(f"tensor {name} is not built from a storage record")
     size, stride = _ints(record.size, "size"), _ints(record.stride, "stride")
     offset = record.offset
     if type(offset) is not int or not 0 <= offset < 2**62 or len(size) != len(stride):
-        raise _Refused(f"tensor {name} has offset {str(offset)[:40]}, size {size} and stride {stride}")
+        raise Refused(f"tensor {name} has offset {str(offset)[:40]}, size {size} and stride {stride}")
     numel = math.prod(size)
     last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if numel else offset - 1
     if last >= ref.numel:
-        raise _Refused(f"tensor {name} (size {size}, stride {stride}, offset {offset}) reaches beyond its "
+        raise Refused(f"tensor {name} (size {size}, stride {stride}, offset {offset}) reaches beyond its "
                        f"storage record data/{ref.key} of {ref.numel} elements")
     itemsize = torch.empty(0, dtype=ref.dtype).element_size()
     archive.tensor_bytes += numel * itemsize
     if archive.tensor_bytes > 2 * archive.size + (1 << 20):
-        raise _Refused("its tensors are views far larger than the data the archive holds")
+        raise Refused("its tensors are views far larger than the data the archive holds")
     storage = archive.storage(ref)
     return storage.as_strided(size, stride, offset)
 
 
 def _collect(archive: _Archive, root: Any) -> dict[str, Tensor]:
-    if not isinstance(root, _ScriptObject):
-        raise _Refused("data.pkl does not hold a TorchScript module")
+    if not isinstance(root, ScriptObject):
+        raise Refused("data.pkl does not hold a TorchScript module")
     out: dict[str, Tensor] = {}
     visits = 0
     active: set[int] = set()
 
-    def visit(obj: _ScriptObject, prefix: str, depth: int) -> None:
+    def visit(obj: ScriptObject, prefix: str, depth: int) -> None:
         nonlocal visits
         visits += 1
         if visits > MAX_VISITS or depth > MAX_DEPTH:
-            raise _Refused("its module tree is deeper or larger than any model's")
+            raise Refused("its module tree is deeper or larger than any model's")
         if id(obj) in active:
-            raise _Refused(f"module {prefix.rstrip('.') or 'root'} contains itself")
+            raise Refused(f"module {prefix.rstrip('.') or 'root'} contains itself")
         info = archive.class_info(obj.qualname)
         if info is not None and info.runs_code:
-            raise _Malicious(f"class {obj.qualname[:120]} restores itself by running code (__setstate__), which "
+            raise Malicious(f"class {obj.qualname[:120]} restores itself by running code (__setstate__), which "
                              "weights never need")
         attrs = obj.state
         if attrs is None:
-            raise _Refused(f"an object of class {obj.qualname[:120]} is made without its attributes")
+            raise Refused(f"an object of class {obj.qualname[:120]} is made without its attributes")
         if not isinstance(attrs, dict):
-            raise _Malicious(f"class {obj.qualname[:120]} restores itself from {type(attrs).__name__} state by "
+            raise Malicious(f"class {obj.qualname[:120]} restores itself from {type(attrs).__name__} state by "
                              "running code (__setstate__), which weights never need")
         if not all(isinstance(key, str) for key in attrs):
-            raise _Refused(f"module {prefix.rstrip('.') or 'root'} has attributes whose names are not text")
+            raise Refused(f"module {prefix.rstrip('.') or 'root'} has attributes whose names are not text")
         if info is not None and info.declared:
             wanted = [n for n in attrs if n in info.params] + [n for n in attrs if n in info.buffers]
         else:  # no class description: every tensor attribute is state
-            wanted = [n for n, v in attrs.items() if isinstance(v, _TensorRecord)]
+            wanted = [n for n, v in attrs.items() if isinstance(v, TensorRecord)]
         for name in wanted:
             value = attrs[name]
             if value is None:
                 continue
-            if not isinstance(value, _TensorRecord):
-                raise _Refused(f"{prefix}{name} is declared a parameter but holds {type(value).__name__}")
+            if not isinstance(value, TensorRecord):
+                raise Refused(f"{prefix}{name} is declared a parameter but holds {type(value).__name__}")
             if len(out) >= MAX_TENSORS:
-                raise _Refused(f"it holds more than {MAX_TENSORS} tensors")
+                raise Refused(f"it holds more than {MAX_TENSORS} tensors")
             out[prefix + name] = _tensor(archive, value, prefix + name)
         active.add(id(obj))
         for name, value in attrs.items():
-            if isinstance(value, _ScriptObject):
+            if isinstance(value, ScriptObject):
                 child = archive.class_info(value.qualname)
                 if child is None or child.is_module:
                     visit(value, f"{prefix}{name}.", depth + 1)
@@ -463,7 +278,7 @@ def is_torchscript(path: str | os.PathLike[str]) -> bool:
         _check_directory(path, path.stat().st_size)
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except _Refused:
+    except Refused:
         return True  # read_torchscript refuses it, saying why
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
         return False
@@ -481,19 +296,19 @@ def read_torchscript(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         archive = _Archive(path)
         order = archive.read_small("byteorder", 16)
         if order is not None and order.strip() not in (b"little", b"big"):
-            raise _Refused(f"its byteorder record says {order[:16]!r}")
+            raise Refused(f"its byteorder record says {order[:16]!r}")
         if order is not None and order.strip().decode() != sys.byteorder:
-            raise _Refused(f"it was written on a {order.strip().decode()}-endian machine")
+            raise Refused(f"it was written on a {order.strip().decode()}-endian machine")
         data = archive.read_small("data.pkl", MAX_PICKLE_BYTES)
         if data is None:
             old = archive._info("model.json") is not None
-            raise _Refused("it is the pre-1.4 TorchScript format (model.json); re-save it with a newer torch"
+            raise Refused("it is the pre-1.4 TorchScript format (model.json); re-save it with a newer torch"
                            if old else "it has no data.pkl")
-        root = _RestrictedUnpickler(data).load()
+        root = RestrictedUnpickler(data).load()
         return _collect(archive, root)
-    except _Malicious as exc:
+    except Malicious as exc:
         raise InputError(f"refusing to load {path}: {exc}", hint=_HINT) from None
-    except _Refused as exc:
+    except Refused as exc:
         raise InputError(f"cannot read TorchScript archive {path}: {exc}", hint=_HINT) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

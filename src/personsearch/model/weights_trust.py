@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.errors import InputError
+from personsearch.settings import SETTINGS_FILE
 
 __all__ = [
+    "CHECKPOINT_DIR",
     "FORMAT",
     "FORMAT_VERSION",
     "check_safetensors",
@@ -39,7 +41,8 @@ __all__ = [
 
 FORMAT = "personsearch-checkpoint"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.yaml"  # a run's settings (personsearch.runs.CONFIG_FILE; the model layer does not import runs)
+#: A run's weights and their records live in this folder of the run.
+CHECKPOINT_DIR = "checkpoints"
 STATE_DIR = re.compile(r"^state-(\d{8})$")
 
 # ------------------------------------------------------------------------------ safetensors
@@ -303,12 +306,12 @@ def weights_for_file(path: Path) -> tuple[Path, dict[str, Any] | None]:
     (None).
     """
     parent = path.parent
-    if parent.name == "checkpoints" and path.name in ("best.safetensors", "last.safetensors"):
+    if parent.name == CHECKPOINT_DIR and path.name in ("best.safetensors", "last.safetensors"):
         found = run_weights(parent, path.name[: -len(".safetensors")],
-                            required=(parent.parent / CONFIG_FILE).is_file())
+                            required=(parent.parent / SETTINGS_FILE).is_file())
         if found is not None:
             return found[0], found[1] or None
-    if path.name == "model.safetensors" and STATE_DIR.match(parent.name) and parent.parent.name == "checkpoints":
+    if path.name == "model.safetensors" and STATE_DIR.match(parent.name) and parent.parent.name == CHECKPOINT_DIR:
         record = parent / "state.json"
         if record.is_file():
             meta = read_record(record, need_sha=False)

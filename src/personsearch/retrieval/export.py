@@ -1,10 +1,10 @@
 """Embed a folder of images (or a prepared split) with a trained model into a gallery index.
 
-Files are found recursively (jpg, jpeg, png, webp, bmp, any case), sorted by relative path so two
-exports of the same folder give the same rows. Decoding runs in DataLoader workers; a file that
-cannot be decoded is listed in the report and skipped, never fatal. Each file is described (path,
-size, modification time) before it is read, so a file that changes during the export is embedded
-again by the next ``append``.
+The folder's images are found by ``personsearch.data.images`` (recursive, sorted by relative path
+so two exports of the same folder give the same rows). Decoding runs in DataLoader workers over
+``ImageFiles``; a file that cannot be decoded is listed in the report and skipped, never fatal.
+Each file is described (path, size, modification time) before it is read, so a file that changes
+during the export is embedded again by the next ``append``.
 
 Writing goes through ``personsearch.retrieval.index``: a new index is built in a temporary folder
 and swapped in whole; an append adds one shard and commits it with the header. Either way an
@@ -13,10 +13,8 @@ interrupted export leaves the index exactly as it was.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from personsearch.accel import autocast, check_precision
+from personsearch.data.datasets import ImageFiles, collate_skipping
+from personsearch.data.images import (
+    IMAGE_SUFFIXES,
+    check_image_root,
+    discover_images,
+    inspect_image,
+    is_utf8,
+    shown,
+)
 from personsearch.errors import InputError
 from personsearch.io import RunLock, ensure_replaceable, ensure_writable
 from personsearch.retrieval.index import (
@@ -35,6 +42,7 @@ from personsearch.retrieval.index import (
     GalleryIndex,
     IndexEntry,
     append_locked,
+    files_to_embed,
     index_file_name,
     is_index_folder,
     path_problem,
@@ -43,26 +51,8 @@ from personsearch.retrieval.index import (
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
 #: Called with the number of files finished (embedded or skipped) after each batch.
 Progress = Callable[[int], None]
-
-_NOT_REGULAR = "not a regular file (a FIFO, socket, device or folder); left unread"
-_NOT_UTF8 = "name is not valid UTF-8 text; rename it to index it"
-
-
-def shown(path: str) -> str:
-    """``path`` as valid text for reports and JSON: an undecodable byte becomes U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path | None] = ()) -> bool:
@@ -71,7 +61,7 @@ def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path
     text, or a place inside (or around) an input folder (``inputs``: the gallery folder, the
     prepared dataset, its raw images). Returns True when there is an index there to replace or append to."""
     out = Path(os.path.abspath(out))
-    if not _utf8(str(out)):
+    if not is_utf8(str(out)):
         raise InputError(f"--out {shown(str(out))} is not valid UTF-8 text", hint="choose a path with a UTF-8 name")
     target = out.resolve()
     for folder in inputs:
@@ -139,93 +129,6 @@ class _Gallery:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files under ``root`` (recursive, sorted by relative path) and the entries left out.
-
-    Symbolic links (to files or folders) are followed only while they stay inside ``root``; a
-    link pointing outside, a broken link and a link or folder loop are reported as skipped. So are
-    special files named like images (a FIFO, socket, device: never opened, so they cannot hang the
-    export) and names that are not UTF-8 text (the index and its JSON hold text only).
-    """
-    root = Path(os.path.abspath(root))
-    if not root.is_dir():
-        raise InputError(f"image folder not found: {shown(str(root))}", hint="pass --images DIR, a folder of images")
-    if not _utf8(str(root)):
-        raise InputError(
-            f"image folder {shown(str(root))} has a name that is not valid UTF-8 text",
-            hint="rename it (the index records the image folder as text)",
-        )
-    real_root = os.path.realpath(root)
-    found: list[tuple[str, Path]] = []
-    skipped: list[tuple[str, str]] = []
-    seen_dirs = {real_root}
-
-    def walk_error(exc: OSError) -> None:
-        where = os.path.relpath(exc.filename, root) if exc.filename else "?"
-        skipped.append((shown(Path(where).as_posix()), f"cannot list folder: {exc.strerror or exc}"))
-
-    for folder, dirs, files in os.walk(root, followlinks=True, onerror=walk_error):
-        base = Path(folder)
-        keep = []
-        for name in sorted(dirs):
-            full = base / name
-            rel = full.relative_to(root).as_posix()
-            if not _utf8(name):
-                skipped.append((shown(rel) + "/", f"folder {_NOT_UTF8}"))
-                continue
-            real = os.path.realpath(full)
-            if not _inside(real, real_root):
-                skipped.append((rel + "/", "symbolic link points outside the image folder"))
-            elif real in seen_dirs:
-                skipped.append((rel + "/", "folder already visited (symbolic link loop or duplicate)"))
-            else:
-                seen_dirs.add(real)
-                keep.append(name)
-        dirs[:] = keep
-        for name in files:
-            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            full = base / name
-            rel = full.relative_to(root).as_posix()
-            if not _utf8(name):
-                skipped.append((shown(rel), f"file {_NOT_UTF8}"))
-                continue
-            _, reason = _inspect(full, real_root, parents_inside=True)
-            if reason is not None:
-                skipped.append((rel, reason))
-                continue
-            found.append((rel, full))
-    found.sort(key=lambda item: item[0])
-    skipped.sort()
-    return [full for _, full in found], skipped
-
-
-def _inspect(full: Path, real_root: str, parents_inside: bool) -> tuple[os.stat_result | None, str | None]:
-    """The stat of ``full`` when it is a regular file inside the root, else why it cannot be
-    indexed. Looked up with stat only, never opened. ``parents_inside``: its folder is known to lie
-    inside the root (the walk checked it), so only a link at the file itself is resolved."""
-    try:
-        link = full.is_symlink()
-        info = os.stat(full)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None, "symbolic link loop"
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and full.is_symlink():
-            return None, "broken symbolic link"
-        return None, f"cannot read: {exc.strerror or exc}"
-    except ValueError:
-        return None, "cannot read: invalid file name"
-    if (link or not parents_inside) and not _inside(os.path.realpath(full), real_root):
-        return None, "symbolic link points outside the image folder"
-    if not stat.S_ISREG(info.st_mode):
-        return None, _NOT_REGULAR
-    return info, None
-
-
 def _gallery_from_folder(images: str | Path) -> _Gallery:
     root = Path(os.path.abspath(images))
     files, skipped = discover_images(root)
@@ -238,11 +141,7 @@ def _gallery_from_prepared(prepared: Any, split: str) -> _Gallery:
     if not isinstance(prepared, PreparedDataset):
         prepared = PreparedDataset.load(prepared)
     root = Path(os.path.abspath(prepared.raw_root))
-    if not _utf8(str(root)):
-        raise InputError(
-            f"the image folder {shown(str(root))} of {prepared.path} has a name that is not valid UTF-8 text",
-            hint="rename it (the index records the image folder as text)",
-        )
+    check_image_root(root, of=prepared.path)
     seen: set[str] = set()
     files: list[Path] = []
     pids: list[int | None] = []
@@ -254,49 +153,6 @@ def _gallery_from_prepared(prepared: Any, split: str) -> _Gallery:
         pids.append(int(entry.pid))
     source = {"data": str(prepared.path), "split": split, "data_fingerprint": prepared.fingerprint}
     return _Gallery(root, files, pids, [], source)
-
-
-class _ImageFiles(Dataset):
-    """Decoded, transformed images by position; an unreadable file yields its reason instead."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
-        self.files = list(files)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        from personsearch.data.transforms import ImageLoadError, load_rgb
-        from personsearch.io import NotRegularFile, open_regular
-
-        try:
-            handle = open_regular(self.files[i])  # never blocks: a FIFO swapped in is refused
-        except NotRegularFile:
-            return i, None, _NOT_REGULAR
-        except OSError as exc:
-            reason = "symbolic link loop" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
-            return i, None, f"cannot be opened: {reason}"
-        except ValueError as exc:
-            return i, None, f"cannot be opened: {exc}"
-        with handle:
-            try:
-                return i, self.transform(load_rgb(handle)), None  # type: ignore[arg-type]
-            except ImageLoadError as exc:
-                reason = str(exc)
-                prefix = f"{handle}: "
-                return i, None, reason[len(prefix) :] if reason.startswith(prefix) else reason
-            except (OSError, ValueError, RuntimeError) as exc:
-                return i, None, f"cannot be converted ({exc})"
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict[str, Any]:
-    good = [(i, image) for i, image, _ in items if image is not None]
-    return {
-        "index": [i for i, _ in good],
-        "images": torch.stack([image for _, image in good]) if good else None,
-        "failed": [(i, reason) for i, image, reason in items if image is None],
-    }
 
 
 class _EntryQueue:
@@ -339,26 +195,29 @@ def _embed_batches(
     progress: Progress | None,
 ) -> Iterator[torch.Tensor]:
     loader = DataLoader(
-        _ImageFiles(files, transform),
+        ImageFiles(files, transform),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_skipping,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
     for batch in loader:
-        for i, reason in batch["failed"]:
-            counts.skipped.append((entries[i].path, reason))
-            log.warning("skipping %s: %s", entries[i].path, reason)
-        if batch["images"] is not None:
+        for lost in batch.get("unreadable", ()):
+            counts.skipped.append((entries[lost.index].path, lost.reason))
+            log.warning("skipping %s: %s", entries[lost.index].path, lost.reason)
+        done = batch["skipped"]
+        if "images" in batch:
+            rows = batch["index"].tolist()
             with autocast(precision, device):
                 feats = clip.encode_image(batch["images"].to(device, non_blocking=True))
-            queue.put([entries[i] for i in batch["index"]])
-            counts.indexed += len(batch["index"])
+            queue.put([entries[i] for i in rows])
+            counts.indexed += len(rows)
+            done += len(rows)
             yield feats.float().cpu()
         if progress is not None:
-            progress(len(batch["index"]) + len(batch["failed"]))
+            progress(done)
 
 
 def _describe(gallery: _Gallery) -> tuple[list[Path], list[IndexEntry]]:
@@ -373,7 +232,7 @@ def _describe(gallery: _Gallery) -> tuple[list[Path], list[IndexEntry]]:
         if problem is not None:
             gallery.skipped.append((shown(rel), f"path {problem}: outside the image folder"))
             continue
-        info, reason = _inspect(file, real_root, parents_inside=False)
+        info, reason = inspect_image(file, real_root, parents_inside=False)
         if info is None:
             gallery.skipped.append((rel, reason or "cannot read"))
             continue
@@ -433,9 +292,9 @@ def export_images(
     inputs = [images] if images is not None else [prepared.path, prepared.raw_root]
     existing_output = check_out(out, append, inputs)
     if faiss is not None:
-        from personsearch.retrieval.ann import _faiss
+        from personsearch.retrieval.faiss_backend import require_faiss
 
-        _faiss()  # a missing package is reported before any embedding
+        require_faiss()  # a missing package is reported before any embedding
 
     gallery = (
         _gallery_from_folder(images) if images is not None else _gallery_from_prepared(prepared, split or "")
@@ -475,10 +334,7 @@ def export_images(
         if appending:
             existing = GalleryIndex.open(out, verify=True)  # read under the lock: what is new is decided now
             _check_same_source(existing, model, gallery.root, out)
-            known = {(e.path, e.size, e.mtime_ns) for e in existing.entries()}
-            todo = [i for i, e in enumerate(entries) if (e.path, e.size, e.mtime_ns) not in known]
-            unchanged = len(entries) - len(todo)
-            files, entries = [files[i] for i in todo], [entries[i] for i in todo]
+            files, entries, unchanged = _not_yet_indexed(existing, files, entries)
         if on_total is not None:
             on_total(len(files))
         clip.eval().to(device)
@@ -535,30 +391,42 @@ def _check_same_source(existing: GalleryIndex, model: Any, root: Path, out: Path
         )
 
 
+def _not_yet_indexed(
+    existing: GalleryIndex, files: list[Path], entries: list[IndexEntry]
+) -> tuple[list[Path], list[IndexEntry], int]:
+    """The described files ``existing`` does not hold as they are now (``files_to_embed``), with
+    their entries, and how many it already holds unchanged."""
+    position = {entry.path: i for i, entry in enumerate(entries)}
+    todo = [position[file.relative_to(existing.image_root).as_posix()] for file in files_to_embed(existing, files)]
+    return [files[i] for i in todo], [entries[i] for i in todo], len(entries) - len(todo)
+
+
 def _write_new(
-    out: Path, batches: Any, queue: _EntryQueue, model: Any, gallery: _Gallery, settings: Any,
+    out: Path, batches: Iterator[torch.Tensor], queue: _EntryQueue, model: Any, gallery: _Gallery, settings: Any,
     header_model: dict[str, Any], counts: _Counts, wanted: int,
 ) -> GalleryIndex:
-    try:
-        return write_index(
-            out,
-            batches,
-            queue,
-            model.fingerprint,
-            gallery.root,
-            shard_size=settings.index.shard_size,
-            extra_header=header_model,
-        )
-    except InputError as exc:
-        if counts.indexed == 0 and "no embeddings given" in exc.message:
-            raise InputError(
-                f"none of the {wanted} images could be read (first: {counts.skipped[0][0]}: "
-                f"{counts.skipped[0][1]})"
-                if counts.skipped
-                else "no images could be read",
-                hint="check the files; the index was not written",
-            ) from None
-        raise
+    return write_index(
+        out,
+        _refuse_if_none_read(batches, counts, wanted),
+        queue,
+        model.fingerprint,
+        gallery.root,
+        shard_size=settings.index.shard_size,
+        extra_header=header_model,
+    )
+
+
+def _refuse_if_none_read(batches: Iterator[torch.Tensor], counts: _Counts, wanted: int) -> Iterator[torch.Tensor]:
+    """``batches``; then, when not one of the ``wanted`` images could be read, the error that says
+    so, raised while the new index is still a temporary folder (so nothing is written)."""
+    yield from batches
+    if counts.indexed == 0:
+        raise InputError(
+            f"none of the {wanted} images could be read (first: {counts.skipped[0][0]}: {counts.skipped[0][1]})"
+            if counts.skipped
+            else "no images could be read",
+            hint="check the files; the index was not written",
+        ) from None
 
 
 __all__ = ["IMAGE_SUFFIXES", "ExportReport", "check_out", "discover_images", "export_images", "shown"]

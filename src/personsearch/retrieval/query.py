@@ -17,11 +17,12 @@ import torch
 
 from personsearch.errors import InputError
 from personsearch.retrieval.index import HEADER_NAME, GalleryIndex
+from personsearch.runs import INDEX_DIR, latest_run
 
 log = logging.getLogger(__name__)
 
 #: Where an index lives inside a run folder, so ``query`` without ``--index`` can find it.
-RUN_INDEX_DIR = "index"
+RUN_INDEX_DIR = INDEX_DIR
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,6 @@ def check_result_count(queries: int, k: int, gallery_size: int) -> None:
 def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tuple[Path, bool]:
     """``index`` itself, or (when None) ``<run>/index`` of the most recent run under
     ``output_dir`` that has one; the flag says whether it was chosen automatically."""
-    from personsearch.runs import latest_run
-
     if index is not None:
         return Path(index), False
     run = latest_run(output_dir, require=f"{RUN_INDEX_DIR}/{HEADER_NAME}")
@@ -148,7 +147,7 @@ def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tup
 def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
     """The ``TrainedModel`` that made ``index``: ``run`` when given, otherwise the weights the
     index header records. A model with another fingerprint is refused (exit 2)."""
-    from personsearch.engine.models import load_trained
+    from personsearch.runs import load_trained
 
     if run is not None:
         model = load_trained(run)
@@ -240,13 +239,19 @@ def search_text(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> list[QueryResult]:
-    """Rank the gallery of ``index`` for each text with ``model`` (which must have made it).
+    """Rank the gallery of ``index`` for each text with ``model`` (which must have made it): the
+    warm path, for a caller that holds the model and the index (the demo, a server).
 
     Exact search by default; ``backend="faiss"`` uses the index's FAISS index. k larger than the
     gallery returns the whole gallery.
     """
     if not isinstance(index, GalleryIndex):
         index = GalleryIndex.open(index)
+    return _search(model, index, texts, k, backend, nprobe, device, precision)[0]
+
+
+def _search(model: Any, index: GalleryIndex, texts: Sequence[str], k: int, backend: str, nprobe: int | None,
+            device: torch.device | str, precision: str) -> tuple[list[QueryResult], torch.Tensor]:
     if model.fingerprint != index.model_fingerprint:
         raise InputError(
             f"index {index.path} was made by model {index.model_fingerprint}, "
@@ -258,7 +263,87 @@ def search_text(
         raise InputError(f"k must be a positive integer, got {k!r}")
     check_result_count(len(texts), k, len(index))
     features, truncated = encode_queries(model, texts, device=device, precision=precision)
-    return rank_results(index, texts, features, k, backend=backend, nprobe=nprobe, truncated=truncated)
+    results = rank_results(index, texts, features, k, backend=backend, nprobe=nprobe, truncated=truncated)
+    return results, features
+
+
+@dataclass
+class QueryRun:
+    """What ``run_queries`` found: the ranked results and how they were made."""
+
+    results: list[QueryResult]
+    index: GalleryIndex
+    model: Any  # personsearch.runs.TrainedModel
+    index_chosen: bool  # the index was found automatically (no --index)
+    k: int
+    recall_at_k: float | None = None
+    sheet: Path | None = None
+
+    def to_json(self) -> Any:
+        """One query: its object; several: a list; with a recall check: both under "queries"."""
+        objects: Any = [result.to_json() for result in self.results]
+        if len(objects) == 1:
+            objects = objects[0]
+        if self.recall_at_k is not None:
+            objects = {"recall_at_k": round(self.recall_at_k, 6), "k": self.k, "queries": objects}
+        return objects
+
+
+def run_queries(
+    texts: Sequence[str] = (),
+    *,
+    index: str | Path | None = None,
+    run: str | Path | None = None,
+    k: int = 10,
+    query_file: str | Path | None = None,
+    sheet: str | Path | None = None,
+    backend: str = "exact",
+    nprobe: int | None = None,
+    check_recall: bool = False,
+    verify: bool = True,
+    device: str = "cpu",
+    precision: str = "fp32",
+    output_dir: str | Path | None = None,
+) -> QueryRun:
+    """``personsearch query`` as one call: find the index (the newest run's when ``index`` is None),
+    load the model that made it (or ``run``, which must match), encode, rank, and optionally check
+    FAISS recall and draw a contact sheet. Every input is checked before the model loads."""
+    from personsearch.accel import check_precision, resolve_device
+    from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
+
+    if sheet is not None:
+        check_sheet_path(sheet, "--sheet")  # before the index and the model are loaded
+    given = clean_queries(list(texts)) if texts else []
+    if query_file is not None:
+        given += read_queries(query_file)
+    if not given:
+        raise InputError("no query text given", hint='pass a description, e.g. "woman in a red coat", or --file')
+    if sheet is not None:
+        check_sheet_size(len(given), k)
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    if output_dir is None:
+        from personsearch.settings import resolve_settings
+
+        output_dir = resolve_settings().runtime.output_dir
+    index_path, chosen = find_index(index, output_dir)
+    if sheet is not None:
+        check_sheet_target(sheet, owned=[("the index", index_path)])
+    gallery = GalleryIndex.open(index_path, verify=verify)
+    check_result_count(len(given), k, len(gallery))  # before the model loads
+    model = model_for_index(gallery, run)
+    if sheet is not None:  # never over a gallery image, the weights or a run's files
+        check_sheet_target(sheet, owned=[("the gallery's image folder", gallery.image_root),
+                                         ("the model weights", model.weights)], runs=[("the run", model.source)])
+    results, features = _search(model, gallery, given, k, backend, nprobe, torch_device, precision)
+    recall = None
+    if check_recall:
+        from personsearch.retrieval.ann import recall_at_k
+
+        recall = recall_at_k(gallery, features, min(k, len(gallery)), nprobe)
+    if sheet is not None:
+        render_query_sheet(gallery, results, sheet)
+    return QueryRun(results, gallery, model, chosen, k, recall, Path(sheet) if sheet is not None else None)
 
 
 def image_file(index: GalleryIndex, hit: QueryHit) -> Path:
@@ -289,6 +374,7 @@ __all__ = [
     "RUN_INDEX_DIR",
     "QueryHit",
     "QueryResult",
+    "QueryRun",
     "check_result_count",
     "clean_queries",
     "encode_queries",
@@ -298,5 +384,6 @@ __all__ = [
     "rank_results",
     "read_queries",
     "render_query_sheet",
+    "run_queries",
     "search_text",
 ]

@@ -1,5 +1,23 @@
-"""Text side: the CLIP tokenizer (and the masking strategies beside it)."""
+"""Text side: the CLIP tokenizer (and its special ids) and the masking strategies beside it."""
 
-from personsearch.text.tokenizer import ClipTokenizer, clean_text, default_tokenizer, tokenize
+from personsearch.text.tokenizer import (
+    EOT_TOKEN_ID,
+    MASK_TOKEN_ID,
+    PAD_TOKEN_ID,
+    SOT_TOKEN_ID,
+    ClipTokenizer,
+    clean_text,
+    default_tokenizer,
+    tokenize,
+)
 
-__all__ = ["ClipTokenizer", "clean_text", "default_tokenizer", "tokenize"]
+__all__ = [
+    "EOT_TOKEN_ID",
+    "MASK_TOKEN_ID",
+    "PAD_TOKEN_ID",
+    "SOT_TOKEN_ID",
+    "ClipTokenizer",
+    "clean_text",
+    "default_tokenizer",
+    "tokenize",
+]

@@ -9,34 +9,25 @@ MLM loss). A chosen token becomes ``<|mask|>`` with ``mask_prob``, a random BPE 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from personsearch.text.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, PAD_TOKEN_ID, SOT_TOKEN_ID
+
 if TYPE_CHECKING:
-    from personsearch.model.clip import CLIP
     from personsearch.settings import MaskingSettings
-    from personsearch.text.tokenizer import ClipTokenizer
 
 __all__ = [
-    "MASK_TOKEN_ID",
-    "MaskExplanation",
-    "SOT_TOKEN_ID",
-    "EOT_TOKEN_ID",
+    "RANDOM_TOKEN_RANGE",
     "attention_masking",
-    "candidate_mask",
     "candidate_importance",
-    "explain_caption",
+    "candidate_mask",
     "mask_captions",
     "random_masking",
 ]
 
-MASK_TOKEN_ID = 49405
-SOT_TOKEN_ID = 49406
-EOT_TOKEN_ID = 49407
-PAD_TOKEN_ID = 0
 # Random replacements come from the BPE vocabulary without the specials: IRRA's range 1..49404.
 RANDOM_TOKEN_RANGE = (1, MASK_TOKEN_ID)
 _SPECIALS = (MASK_TOKEN_ID, SOT_TOKEN_ID, EOT_TOKEN_ID)
@@ -254,68 +245,4 @@ def mask_captions(
         mask_prob=settings.mask_prob,
         random_prob=settings.random_prob,
         generator=generator,
-    )
-
-
-@dataclass(frozen=True)
-class MaskExplanation:
-    """One caption seen by AGM: its tokens (SOT and EOT included), each token's share of the EOT
-    attention over the candidates (sums to 1; specials 0), and which tokens AGM chose to mask."""
-
-    tokens: list[str]
-    ids: list[int]
-    importance: list[float]
-    masked: list[bool]
-    masked_ids: list[int]
-
-    def to_json(self) -> dict[str, list]:
-        return {"tokens": self.tokens, "importance": self.importance, "masked": self.masked}
-
-
-def explain_caption(
-    model: CLIP,
-    caption: str,
-    settings: MaskingSettings | None = None,
-    generator: torch.Generator | None = None,
-    tokenizer: ClipTokenizer | None = None,
-) -> MaskExplanation:
-    """Run AGM on one caption with ``model``'s text encoder and report what it sees and masks.
-
-    Uses ``settings`` ratio, temperature, layers and 80/10/10 probabilities; ``mix`` is ignored
-    (this shows the attention-guided choice itself).
-    """
-    from personsearch.errors import InputError
-    from personsearch.settings import MaskingSettings
-    from personsearch.text.tokenizer import default_tokenizer
-
-    settings = settings or MaskingSettings(strategy="attention")
-    tokenizer = tokenizer or default_tokenizer()
-    ids = tokenizer.tokenize(caption, context_length=model.config.context_length)
-    if not bool(candidate_mask(ids).any()):
-        raise InputError(f"caption {caption!r} has no words to mask", hint="give a non-empty caption")
-    length = int(ids.argmax(dim=-1).max()) + 1
-    device = model.token_embedding.weight.device
-    ids = ids[:, :length].to(device)
-    with torch.no_grad():
-        _, attention = model.encode_text_tokens(ids, attention_layers=settings.layers)
-    if attention is None:  # attention_layers >= 1 always returns the row
-        raise RuntimeError("the text encoder returned no EOT attention row")
-    importance = candidate_importance(ids, attention)
-    masked_ids, labels = attention_masking(
-        ids,
-        attention,
-        ratio=settings.ratio,
-        temperature=settings.temperature,
-        mix=0.0,
-        mask_prob=settings.mask_prob,
-        random_prob=settings.random_prob,
-        generator=generator,
-    )
-    row = ids[0].tolist()
-    return MaskExplanation(
-        tokens=[tokenizer.decode([token], skip_special_tokens=False) for token in row],
-        ids=row,
-        importance=[float(v) for v in importance[0].tolist()],
-        masked=[bool(v) for v in (labels[0] != 0).tolist()],
-        masked_ids=[int(v) for v in masked_ids[0].tolist()],
     )

@@ -39,6 +39,13 @@ NUM_MERGES = 49152 - 256 - 2  # file lines 2..48,895
 MASK_TOKEN = "<|mask|>"
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
+#: The special ids follow the BPE symbols (bytes, their ``</w>`` forms, all merges but the last):
+#: every other module takes them from here.
+MASK_TOKEN_ID = 2 * 256 + NUM_MERGES - 1  # 49405
+SOT_TOKEN_ID = MASK_TOKEN_ID + 1  # 49406
+EOT_TOKEN_ID = MASK_TOKEN_ID + 2  # 49407
+#: Rows are zero-padded after EOT.
+PAD_TOKEN_ID = 0
 LAYOUT = "irra-v1: bytes, bytes</w>, merges[:-1], mask, sot, eot; last merge dropped from ranks"
 
 _WORD_PATTERN = regex.compile(

@@ -16,13 +16,19 @@ from typing import Any
 
 import yaml
 
-from personsearch.engine.state import read_weights_meta
 from personsearch.errors import InputError
-from personsearch.runs import CONFIG_FILE, is_run, latest_run
-from personsearch.settings import Settings, load_run_settings, resolve_settings
-
-IRRA_CONFIG = "configs.yaml"
-IRRA_WEIGHTS = ("best.pth", "last.pth")
+from personsearch.runs.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    IRRA_CONFIG,
+    IRRA_WEIGHTS,
+    find_run,
+    is_irra_run,
+    latest_run,
+    load_run_settings,
+    run_weights_of,
+)
+from personsearch.settings import Settings, resolve_settings
 
 
 @dataclass
@@ -96,13 +102,6 @@ def _brief(value: Any) -> str:
     return repr(str(value)[:40])
 
 
-def _find_run(path: Path) -> Path | None:
-    for candidate in (path, path.parent, path.parent.parent):
-        if is_run(candidate):
-            return candidate
-    return None
-
-
 def load_trained(
     source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best"
 ) -> TrainedModel:
@@ -118,14 +117,14 @@ def load_trained(
     from personsearch.model.weights_trust import file_sha256, weights_for_file
 
     if source is None:
-        found = latest_run(output_dir, require="checkpoints/last.safetensors")
+        found = latest_run(output_dir, require=f"{CHECKPOINT_DIR}/last.safetensors")
         if found is None:
             raise InputError(f"no trained run under {output_dir}/", hint="pass --run RUN or train one first")
         source = found
     path = Path(source).expanduser()
     if not path.exists():
         raise InputError(f"model not found: {path}", hint="pass a run folder made by `personsearch train`")
-    if path.is_dir() and (path / IRRA_CONFIG).is_file() and not (path / CONFIG_FILE).is_file():
+    if is_irra_run(path):
         weights = next((path / name for name in IRRA_WEIGHTS if (path / name).is_file()), None)
         if weights is None:
             raise InputError(f"IRRA run {path} has no best.pth or last.pth")
@@ -133,7 +132,7 @@ def load_trained(
         loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
         fingerprint = model_fingerprint(file_sha256(weights)[0], settings)
         return TrainedModel(loaded.clip.eval(), settings, path, weights, fingerprint, "irra", loaded.num_classes)
-    run = _find_run(path)
+    run = find_run(path)
     if run is None:
         raise InputError(f"{path} is not a run folder (no {CONFIG_FILE} beside its checkpoints)",
                          hint="pass a folder made by `personsearch train`, or an IRRA run with configs.yaml")
@@ -141,7 +140,7 @@ def load_trained(
     if path.is_file():  # a checkpoint inside the run: verified against its record, when it has one
         weights, meta = weights_for_file(path)
     else:
-        weights, meta = read_weights_meta(run, which)
+        weights, meta = run_weights_of(run, which)
     loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
     return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",

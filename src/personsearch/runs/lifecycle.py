@@ -1,39 +1,79 @@
-"""Run folders: ``runs/<name>/`` with the resolved ``config.yaml``, ``metrics.jsonl``, ``log.txt``
-and ``checkpoints/``; plus the helpers every verb shares to find, log to and seed a run."""
+"""Starting, resuming and rolling back a run: its folder is created under its lock, its log
+opened, and a run that fails before its first checkpoint leaves nothing behind."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from personsearch.errors import InputError
 from personsearch.io import (
     RunLock,
     atomic_write_text,
     ensure_writable,
-    owner_kind,
     safe_component,
     write_owner_marker,
 )
+from personsearch.runs.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    LOGGER_NAME,
+    METRICS_FILE,
+    RUN_KIND,
+    check_run_files,
+    is_run,
+)
 from personsearch.settings import Settings
-
-LOGGER_NAME = "personsearch"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "log.txt"
-CHECKPOINT_DIR = "checkpoints"
-LOCK_FILE = ".lock"
-RUN_KIND = "run"
 
 
 def new_run_name(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def plan_run(*, config: str | Path | None = None, sets: Sequence[str] = (),
+             overrides: dict[str, Any] | None = None, resume: str | Path | None = None,
+             name: str | None = None) -> tuple[Settings, Path]:
+    """The settings and the folder of a run about to start or continue, checked before anything
+    is written: a resumed run keeps its own settings with the given changes on top (training
+    refuses the ones that cannot change); a new run gets ``name`` (one safe folder name) or one
+    made from the config file's name and the time."""
+    from personsearch.runs.layout import load_run_settings
+    from personsearch.settings import resolve_settings
+
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise InputError(f"run folder not found: {run_dir}")
+        if not is_run(run_dir):
+            raise InputError(f"{run_dir} is not a run folder (no config.yaml written by `personsearch train`)",
+                             hint="pass the folder `personsearch train` created under runtime.output_dir")
+        settings = resolve_settings(config=config, sets=sets, overrides=overrides, base=load_run_settings(run_dir))
+    else:
+        settings = resolve_settings(config=config, sets=sets, overrides=overrides)
+        if name is None and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+            raise InputError("under torchrun every process needs the same run: pass --name")
+        run_name = safe_component(name) if name is not None else new_run_name(_config_stem(config))
+        run_dir = Path(settings.runtime.output_dir) / run_name
+    if settings.data.root is None:
+        raise InputError("no training data: pass --data PREPARED (a folder written by `personsearch prepare`)")
+    check_outside_inputs(run_dir, settings.data.root)  # before the run folder is made, not after
+    return settings, run_dir
+
+
+def _config_stem(config: object) -> str:
+    """A default run name from the config file's name, reduced to safe characters."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(config)).stem).strip(".-") if config else ""
+    return stem[:64] or "run"
 
 
 def create_run(settings: Settings, name: str | None = None, output_dir: str | Path | None = None,
@@ -72,48 +112,62 @@ def held_run(settings: Settings, run_dir: str | Path, new: bool, writer: bool = 
     Ctrl-C included, remove everything this call created, so the same name can be used again.
 
     The lock is taken before anything is written, and only a caller that won it ever removes
-    anything: two ``train --name same`` started together cannot delete each other's run.
-    ``writer`` is False on the other ranks of a distributed run: they neither create nor lock.
+    anything: two ``train --name same`` started together cannot delete each other's run. A run
+    folder ``create_run`` made that has not trained yet is started in place (and kept on failure).
+    ``new=False`` continues a run: it must be one of ours. ``writer`` is False on the other ranks
+    of a distributed run: they neither create nor lock.
     """
     run_dir = Path(run_dir)
     if not writer:
         yield run_dir
         return
+    if not new and not (run_dir.is_dir() and is_run(run_dir)):
+        raise InputError(f"{run_dir} is not a run folder (no config.yaml written by `personsearch train`)",
+                         hint="pass the folder `personsearch train` created under runtime.output_dir")
+    created = new and _unstarted_run(run_dir)  # made by create_run: the caller's, never removed here
+    fresh = new and not created
     existed = run_dir.is_dir()  # an empty folder the user made: emptied again on failure, kept
     made = _missing_ancestors(run_dir.parent)  # parents this run creates, removed with it on failure
-    if new:
+    if fresh:
         check_new_run_dir(run_dir)  # refused here, before anything (the lock included) is created
         ensure_writable(run_dir, option="run folder")
     lock = RunLock(run_dir)
     try:
         lock.acquire()
     except BaseException:
-        if new and not existed:
+        if fresh and not existed:
             _remove_if_empty([run_dir, *made])
         raise
     try:
-        if new:
+        if fresh:
             check_new_run_dir(run_dir)  # again, under the lock: another process may have won the name
         else:
             check_run_files(run_dir)
     except BaseException:  # refused: what is there now is not ours to remove
         lock.release()
-        if new and not existed:
+        if fresh and not existed:
             _remove_if_empty([run_dir, *made])
         raise
     try:
-        if new:
+        if fresh:
             create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
+        if new:
             setup_logging(run_dir)  # a resumed run's log is opened once its checks pass
         yield run_dir
     except BaseException:
-        if new and not _has_checkpoint(run_dir):
+        if fresh and not _has_checkpoint(run_dir):
             close_run_log()
             _remove_new_run(run_dir, existed, made, lock)
         raise
     finally:
         lock.release()
         close_run_log()
+
+
+def _unstarted_run(run_dir: Path) -> bool:
+    """A run folder of ours that ``create_run`` made and nothing has trained in yet."""
+    return (run_dir.is_dir() and not run_dir.is_symlink() and is_run(run_dir) and not _has_checkpoint(run_dir)
+            and not os.path.lexists(run_dir / METRICS_FILE))
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -125,37 +179,6 @@ def check_new_run_dir(run_dir: Path) -> None:
     if any(child.name != LOCK_FILE for child in run_dir.iterdir()):
         raise InputError(f"run folder {run_dir} already exists",
                          hint="choose another --name, or continue it with --resume")
-
-
-def check_run_files(run_dir: str | Path) -> None:
-    """Refuse a run whose own files were replaced by links or special files: training appends to
-    ``log.txt`` and ``metrics.jsonl`` and writes under ``checkpoints/`` in place, so a symlink there
-    would change a file outside the run, and a FIFO would block forever."""
-    import stat
-
-    run_dir = Path(run_dir)
-    for name, want_dir in ((CONFIG_FILE, False), (METRICS_FILE, False), (LOG_FILE, False),
-                           (CHECKPOINT_DIR, True)):
-        path = run_dir / name
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if stat.S_ISLNK(mode):
-            kind = "a symbolic link"
-        elif want_dir and not stat.S_ISDIR(mode):
-            kind = "not a folder"
-        elif not want_dir and not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
-        else:
-            continue
-        raise InputError(
-            f"{path} is {kind}: this run's own {'folder' if want_dir else 'file'} was replaced, and personsearch "
-            "never writes through a link or into a special file",
-            hint=f"put the run's {name} back (or move that entry away), then run again; nothing was changed",
-        )
 
 
 def check_outside_inputs(run_dir: str | Path, data_root: str | Path | None, raw_root: str | Path | None = None) -> None:
@@ -245,26 +268,6 @@ def close_run_log() -> None:
             handler.close()
 
 
-def is_run(path: str | Path) -> bool:
-    """A run folder of ours: marked as one, or (runs written before markers) holding config.yaml."""
-    path = Path(path)
-    kind = owner_kind(path)
-    return kind == RUN_KIND or (kind is None and (path / CONFIG_FILE).is_file())
-
-
-def latest_run(output_dir: str | Path = "runs", require: str | None = None) -> Path | None:
-    """The most recently modified run under ``output_dir`` (optionally one containing ``require``)."""
-    parent = Path(output_dir)
-    if not parent.is_dir():
-        return None
-    candidates = [p for p in parent.iterdir() if p.is_dir() and is_run(p)]
-    if require is not None:
-        candidates = [p for p in candidates if (p / require).exists()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
-
-
 def setup_logging(run_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Send the library's log records to ``<run>/log.txt`` (the CLI adds a rich console handler)."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -283,20 +286,3 @@ def setup_logging(run_dir: str | Path | None = None, level: int = logging.INFO) 
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     return logger
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (torch only if already imported or importable)."""
-    random.seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    import torch
-
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)

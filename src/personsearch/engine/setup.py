@@ -1,0 +1,115 @@
+"""What one call of train() builds before its first step: device and processes, the training data,
+the model with its optimizer and schedule. Inputs that cannot work are refused here, before any
+training, with the setting to change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personsearch.accel import check_precision, resolve_device
+from personsearch.engine import dist as distributed
+from personsearch.engine.optim import build_optimizer, build_scheduler
+from personsearch.engine.selection import check_eval_split, selection_split
+from personsearch.errors import InputError
+from personsearch.io import atomic_write_text
+from personsearch.runs import CONFIG_FILE, check_outside_inputs, check_run_files
+from personsearch.settings import Settings
+
+
+@dataclass
+class TrainingSetup:
+    """The pieces built for one call of train(), shared by the epoch, the evaluation and the loop."""
+
+    settings: Settings
+    run_dir: Path
+    device: torch.device
+    info: distributed.DistInfo
+    prepared: Any  # PreparedDataset
+    train_set: Any  # TrainCaptions
+    per_rank_batch: int
+    selected_on: str  # the split each epoch is evaluated on to pick the best checkpoint
+    model: Any  # IRRA, unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+
+    @property
+    def precision(self) -> str:
+        return self.settings.runtime.precision
+
+
+def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: bool) -> TrainingSetup:
+    """Everything training needs, in the order that keeps the random draws of model initialisation
+    a function of ``runtime.seed`` alone. A new run's settings are saved as its config.yaml."""
+    from personsearch.data.datasets import TrainCaptions
+    from personsearch.data.prepared import PreparedDataset
+    from personsearch.data.transforms import build_transform
+    from personsearch.model.irra import build_irra
+
+    device = resolve_device(settings.runtime.device)
+    precision = settings.runtime.precision
+    check_precision(precision, device)
+    info = distributed.init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+
+    prepared = PreparedDataset.load(data)
+    if info.is_main:
+        check_outside_inputs(run_dir, prepared.path, prepared.raw_root)
+        if resume:
+            check_run_files(run_dir)
+    transform = build_transform(settings.model.image_size, train=True, augment=settings.data.augment)
+    train_set = TrainCaptions(prepared, transform)
+    per_rank_batch = settings.train.batch_size // info.world_size
+    if per_rank_batch < 1:
+        raise InputError(f"train.batch_size = {settings.train.batch_size} is smaller than the number of "
+                         f"processes ({info.world_size})")
+    if len(train_set) < settings.train.batch_size:
+        raise InputError(f"train.batch_size = {settings.train.batch_size} is larger than the training set "
+                         f"({len(train_set)} captions)", hint="lower --set train.batch_size")
+
+    selected_on = selection_split(prepared, settings)
+    if info.is_main:
+        check_eval_split(prepared, settings.eval.split)
+    if info.is_main and not resume and not (run_dir / CONFIG_FILE).is_file():
+        atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())  # every verb that takes a run reads it
+    torch.manual_seed(settings.runtime.seed)
+    # Under DDP with loss.gather the matching losses see the global batch (features gathered with
+    # gradients); otherwise per-rank losses, as IRRA computes them.
+    gather = partial(distributed.all_gather_with_grad, info=info) if info.enabled and settings.loss.gather else None
+    model = build_irra(settings, num_classes=prepared.num_train_ids, freeze_logit_scale=True, feature_gather=gather)
+    model.to(device)
+    optimizer = build_optimizer(model, settings.optim)
+    scheduler = build_scheduler(optimizer, settings.schedule, settings.train.epochs)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return TrainingSetup(settings, run_dir, device, info, prepared, train_set, per_rank_batch, selected_on, model,
+                         optimizer, scheduler, scaler)
+
+
+def wrap_for_ranks(setup: TrainingSetup) -> torch.nn.Module:
+    """The module the steps run: the model itself, or under DDP its DistributedDataParallel wrapper
+    (built after a resume has loaded the weights)."""
+    if not setup.info.enabled:
+        return setup.model
+    device = setup.device
+    return torch.nn.parallel.DistributedDataParallel(
+        setup.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_train_sampler(setup: TrainingSetup) -> Any:
+    """This rank's share of each epoch's sample order (data.sampler), seeded by runtime.seed."""
+    from personsearch.data.samplers import build_sampler
+
+    settings, info = setup.settings, setup.info
+    try:
+        return build_sampler(settings.data.sampler, setup.train_set.pids, setup.per_rank_batch,
+                             settings.data.num_instances, seed=settings.runtime.seed,
+                             num_replicas=info.world_size, rank=info.rank)
+    except ValueError as exc:
+        raise InputError(f"data.sampler = {settings.data.sampler!r}: {exc}") from None
