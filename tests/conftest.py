@@ -1,35 +1,14 @@
-"""Shared fixtures: a tiny synthetic dataset prepared once per session, and tiny model settings."""
+"""Shared fixtures: a tiny synthetic dataset prepared once per session, tiny model settings and
+architecture, and one tiny trained run. Plain values and helpers live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from tests.helpers import TINY_ARCH, TINY_SETS, TRAINED_RUN_SETS, tree_digest
 
 import personsearch  # noqa: F401  (first: its OpenMP wait policy must precede the first torch import)
-
-#: A CLIP small enough to train for a few steps in seconds on 2 CPU cores.
-TINY_SETS = [
-    "model.pretrained=null",
-    "model.image_size=[64, 32]",
-    "model.stride=16",
-    "model.cmt_depth=1",
-    "model.arch.embed_dim=64",
-    "model.arch.vision_width=64",
-    "model.arch.vision_layers=1",
-    "model.arch.vision_heads=2",
-    "model.arch.patch_size=16",
-    "model.arch.text_width=64",
-    "model.arch.text_layers=1",
-    "model.arch.text_heads=2",
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.log_period=1",
-    "eval.batch_size=64",
-    "data.workers=0",
-    "schedule.warmup_epochs=0",
-    "optim.lr=2e-3",
-]
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +57,37 @@ def prepared_without_val(synthetic_raw: Path, tmp_path_factory: pytest.TempPathF
     (raw / "reid_raw.json").write_text(json.dumps(entries))
     prepare_dataset("CUHK-PEDES", raw, folder / "prep", workers=1)
     return folder / "prep"
+
+
+@pytest.fixture()
+def tiny_arch() -> dict:
+    """A fresh copy of ``tests.helpers.TINY_ARCH`` (a test may change it freely)."""
+    return dict(TINY_ARCH)
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run trained on ``prepared_tiny`` with TINY_SETS + TRAINED_RUN_SETS: two steps into
+    epoch 1 of 2 (so it can be resumed), best/last weights with their records, one training state,
+    metrics.jsonl with the val evaluation and the selected checkpoint's test metrics.
+
+    Shared by the whole session, so READ-ONLY: a test that writes into it (``eval`` appends to
+    RUN/metrics.jsonl, ``export`` may write RUN/index, resuming trains on, damaging it) works on a
+    ``shutil.copytree`` of it. Teardown fails if any of its files changed.
+    """
+    from personsearch.engine.train import train
+    from personsearch.runs import create_run
+    from personsearch.settings import resolve_settings
+
+    parent = tmp_path_factory.mktemp("trained-run")
+    settings = resolve_settings(
+        sets=[*TINY_SETS, *TRAINED_RUN_SETS, f"data.root={prepared_tiny}", f"runtime.output_dir={parent}"],
+        environ={},
+    )
+    run = create_run(settings, name="tiny", output_dir=parent)
+    train(settings, settings.data.root, run)
+    before = tree_digest(run)
+    yield run
+    after = tree_digest(run)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test wrote into the shared trained_run (copy it first): {changed}"

@@ -11,35 +11,24 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.helpers import TINY_ARCH, TINY_IMAGE_SIZE
 
 from personsearch.errors import InputError
 from personsearch.model import CLIP, build_clip, load_clip, read_state_dict, resize_pos_embed
 
 SOT, EOT = 49406, 49407
-# width 64 -> one head per tower, as read back from weights (OpenAI: heads = width / 64)
-TINY = dict(
-    embed_dim=32,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    patch_size=8,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)
-SIZE = (32, 16)
 
 
 @pytest.fixture(scope="module")
 def model() -> CLIP:
     torch.manual_seed(0)
-    return build_clip(TINY, image_size=SIZE, stride=8, context_length=16).eval()
+    return build_clip(TINY_ARCH, image_size=TINY_IMAGE_SIZE, stride=8, context_length=16).eval()
 
 
 @pytest.fixture(scope="module")
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, *SIZE, generator=generator)
+    images = torch.randn(2, 3, *TINY_IMAGE_SIZE, generator=generator)
     ids = torch.zeros(2, 16, dtype=torch.long)
     ids[:, 0] = SOT
     ids[0, 1:4] = torch.tensor([320, 1929, 2533])
@@ -118,24 +107,24 @@ def test_plain_state_dict_files(model: CLIP, inputs, tmp_path: Path) -> None:
         ("weights.bin", {f"module.{k}": v for k, v in openai_state(model).items()}),
     ):
         torch.save(payload, tmp_path / name)
-        assert_same_embeddings(load_clip(tmp_path / name, image_size=SIZE, stride=8), model, inputs)
+        assert_same_embeddings(load_clip(tmp_path / name, image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
 
 def test_safetensors_and_half_precision(model: CLIP, inputs, tmp_path: Path) -> None:
     save_file(openai_state(model), str(tmp_path / "clip.safetensors"))
-    loaded = load_clip(tmp_path / "clip.safetensors", image_size=SIZE, stride=8)
+    loaded = load_clip(tmp_path / "clip.safetensors", image_size=TINY_IMAGE_SIZE, stride=8)
     assert_same_embeddings(loaded, model, inputs)
     assert next(loaded.parameters()).dtype == torch.float32 and not loaded.training
 
     half = {k: v.half() for k, v in openai_state(model).items()}
     save_file(half, str(tmp_path / "half.safetensors"))
-    loaded = load_clip(tmp_path / "half.safetensors", image_size=SIZE, stride=8)
+    loaded = load_clip(tmp_path / "half.safetensors", image_size=TINY_IMAGE_SIZE, stride=8)
     assert loaded.visual.proj.dtype == torch.float32
     torch.testing.assert_close(loaded.visual.proj, half["visual.proj"].float(), rtol=0, atol=0)
 
 
-def test_torchscript_archive(model: CLIP, inputs, tmp_path: Path) -> None:
-    scripted_source = build_clip(TINY, image_size=SIZE, stride=8, context_length=16).eval()
+def test_torchscript_archive(model: CLIP, inputs, tmp_path: Path, tiny_arch: dict) -> None:
+    scripted_source = build_clip(tiny_arch, image_size=TINY_IMAGE_SIZE, stride=8, context_length=16).eval()
     scripted_source.load_state_dict(model.state_dict())
     # OpenAI's archives carry these three as state-dict entries too
     scripted_source.register_buffer("input_resolution", torch.tensor(32))
@@ -146,7 +135,7 @@ def test_torchscript_archive(model: CLIP, inputs, tmp_path: Path) -> None:
         traced = torch.jit.trace(scripted_source, inputs, check_trace=False)
         torch.jit.save(traced, str(tmp_path / "ViT-T-8.pt"))
         assert "input_resolution" in torch.jit.load(str(tmp_path / "ViT-T-8.pt")).state_dict()
-    assert_same_embeddings(load_clip(tmp_path / "ViT-T-8.pt", image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip(tmp_path / "ViT-T-8.pt", image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
 
 def test_hugging_face_folders(model: CLIP, inputs, tmp_path: Path) -> None:
@@ -155,13 +144,13 @@ def test_hugging_face_folders(model: CLIP, inputs, tmp_path: Path) -> None:
     safetensors_dir.mkdir()
     (safetensors_dir / "config.json").write_text(json.dumps(hf_config()))
     save_file(hf, str(safetensors_dir / "model.safetensors"))
-    assert_same_embeddings(load_clip(safetensors_dir, image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip(safetensors_dir, image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
     bin_dir = tmp_path / "hf_bin"
     bin_dir.mkdir()
     (bin_dir / "config.json").write_text(json.dumps(hf_config()))
     torch.save(hf, bin_dir / "pytorch_model.bin")
-    assert_same_embeddings(load_clip(bin_dir, image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip(bin_dir, image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
     assert set(read_state_dict(bin_dir)) == set(model.state_dict())
 
     gelu_dir = tmp_path / "hf_gelu"
@@ -169,7 +158,7 @@ def test_hugging_face_folders(model: CLIP, inputs, tmp_path: Path) -> None:
     (gelu_dir / "config.json").write_text(json.dumps(hf_config("gelu")))
     save_file(hf, str(gelu_dir / "model.safetensors"))
     with pytest.raises(InputError, match="hidden_act is 'gelu'"):
-        load_clip(gelu_dir, image_size=SIZE, stride=8)
+        load_clip(gelu_dir, image_size=TINY_IMAGE_SIZE, stride=8)
 
 
 def test_irra_checkpoint(model: CLIP, inputs, tmp_path: Path) -> None:
@@ -178,7 +167,7 @@ def test_irra_checkpoint(model: CLIP, inputs, tmp_path: Path) -> None:
     full["mlm_head.dense.weight"] = torch.randn(32, 32)
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
     torch.save({"model": full, "optimizer": optimizer.state_dict(), "epoch": 7}, tmp_path / "best.pth")
-    assert_same_embeddings(load_clip(tmp_path / "best.pth", image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip(tmp_path / "best.pth", image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
 
 def test_run_folders_prefer_best(model: CLIP, inputs, tmp_path: Path) -> None:
@@ -188,16 +177,16 @@ def test_run_folders_prefer_best(model: CLIP, inputs, tmp_path: Path) -> None:
     state["classifier.weight"] = torch.zeros(5, 32)
     other = {k: torch.zeros_like(v) for k, v in state.items()}
     save_file(other, str(run / "checkpoints" / "last.safetensors"))
-    loaded = load_clip(run, image_size=SIZE, stride=8)
+    loaded = load_clip(run, image_size=TINY_IMAGE_SIZE, stride=8)
     assert loaded.visual.proj.abs().max() == 0  # only last exists
     save_file(state, str(run / "checkpoints" / "best.safetensors"))
-    assert_same_embeddings(load_clip(run, image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip(run, image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
 
-def test_run_folder_heads_come_from_its_config(inputs, tmp_path: Path) -> None:
+def test_run_folder_heads_come_from_its_config(inputs, tmp_path: Path, tiny_arch: dict) -> None:
     torch.manual_seed(3)
-    arch = dict(TINY, vision_heads=4, text_heads=2)
-    trained = build_clip(arch, image_size=SIZE, stride=8, context_length=16).eval()
+    arch = dict(tiny_arch, vision_heads=4, text_heads=2)
+    trained = build_clip(arch, image_size=TINY_IMAGE_SIZE, stride=8, context_length=16).eval()
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     save_file(
@@ -207,10 +196,10 @@ def test_run_folder_heads_come_from_its_config(inputs, tmp_path: Path) -> None:
     (run / "config.yaml").write_text("model:\n  arch:\n    vision_heads: 4\n    text_heads: 2\n")
     # a run records the sha256 of its weights beside them; without the record they are refused
     with pytest.raises(InputError, match="best.safetensors has no best.json"):
-        load_clip(run, image_size=SIZE, stride=8)
+        load_clip(run, image_size=TINY_IMAGE_SIZE, stride=8)
     digest = hashlib.sha256((run / "checkpoints" / "best.safetensors").read_bytes()).hexdigest()
     (run / "checkpoints" / "best.json").write_text(json.dumps({"format_version": 1, "weights_sha256": digest}))
-    loaded = load_clip(run, image_size=SIZE, stride=8)
+    loaded = load_clip(run, image_size=TINY_IMAGE_SIZE, stride=8)
     assert loaded.config.vision_heads == 4 and loaded.config.text_heads == 2
     assert_same_embeddings(loaded, trained, inputs)
 
@@ -219,10 +208,10 @@ def test_model_name_resolves_in_clip_dir(model: CLIP, inputs, tmp_path: Path, mo
     monkeypatch.setenv("PERSONSEARCH_CLIP_DIR", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(InputError) as error:
-        load_clip("ViT-B/16", image_size=SIZE, stride=8)
+        load_clip("ViT-B/16", image_size=TINY_IMAGE_SIZE, stride=8)
     assert "ViT-B-16.pt" in str(error.value) and str(tmp_path / "ViT-B-16.pt") in str(error.value)
     torch.save(openai_state(model), tmp_path / "ViT-B-16.pt")
-    assert_same_embeddings(load_clip("ViT-B/16", image_size=SIZE, stride=8), model, inputs)
+    assert_same_embeddings(load_clip("ViT-B/16", image_size=TINY_IMAGE_SIZE, stride=8), model, inputs)
 
 
 # --------------------------------------------------------------------------- position resize
@@ -259,27 +248,27 @@ def test_resize_pos_embed_matches_float64_reference(target: tuple[int, int]) -> 
     torch.testing.assert_close(resized[1:].reshape(*target, 6).numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_square_pretrained_grid_is_resized_on_load(inputs, tmp_path: Path) -> None:
+def test_square_pretrained_grid_is_resized_on_load(inputs, tmp_path: Path, tiny_arch: dict) -> None:
     torch.manual_seed(4)
-    square = build_clip(TINY, image_size=(32, 32), stride=8, context_length=16).eval()  # 4x4 grid
+    square = build_clip(tiny_arch, image_size=(32, 32), stride=8, context_length=16).eval()  # 4x4 grid
     torch.save(square.state_dict(), tmp_path / "square.pt")
-    loaded = load_clip(tmp_path / "square.pt", image_size=SIZE, stride=8)
+    loaded = load_clip(tmp_path / "square.pt", image_size=TINY_IMAGE_SIZE, stride=8)
     assert loaded.config.image_resolution == 32
     expected = resize_pos_embed(square.visual.positional_embedding.detach(), (4, 2))
     torch.testing.assert_close(loaded.visual.positional_embedding.detach(), expected, rtol=0, atol=0)
-    overlapping = load_clip(tmp_path / "square.pt", image_size=SIZE, stride=4)
+    overlapping = load_clip(tmp_path / "square.pt", image_size=TINY_IMAGE_SIZE, stride=4)
     assert overlapping.visual.positional_embedding.shape == (1 + 7 * 3, 64)
 
 
 def test_text_context_is_truncated(model: CLIP, inputs, tmp_path: Path) -> None:
     torch.save(openai_state(model), tmp_path / "clip.pt")
-    short = load_clip(tmp_path / "clip.pt", image_size=SIZE, stride=8, context_length=10)
+    short = load_clip(tmp_path / "clip.pt", image_size=TINY_IMAGE_SIZE, stride=8, context_length=10)
     assert short.positional_embedding.shape == (10, 64)
     _, ids = inputs
     with torch.no_grad():
         torch.testing.assert_close(short.encode_text(ids[:, :10]), model.encode_text(ids), rtol=0, atol=0)
     with pytest.raises(InputError, match="context length 20 exceeds"):
-        load_clip(tmp_path / "clip.pt", image_size=SIZE, stride=8, context_length=20)
+        load_clip(tmp_path / "clip.pt", image_size=TINY_IMAGE_SIZE, stride=8, context_length=20)
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -299,7 +288,7 @@ def test_pickle_that_runs_code_is_refused(model: CLIP, tmp_path: Path) -> None:
     payload["surprise"] = _RunsCode(marker)
     torch.save(payload, tmp_path / "evil.pt")
     with pytest.raises(InputError, match="refusing to load .*evil.pt"):
-        load_clip(tmp_path / "evil.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "evil.pt", image_size=TINY_IMAGE_SIZE, stride=8)
     assert not marker.exists()
 
 
@@ -311,7 +300,7 @@ def test_truncated_files_name_the_file(model: CLIP, tmp_path: Path) -> None:
         cut = tmp_path / f"cut{Path(name).suffix}"
         cut.write_bytes(data[: len(data) // 2])
         with pytest.raises(InputError, match=f"cannot read {cut}"):
-            load_clip(cut, image_size=SIZE, stride=8)
+            load_clip(cut, image_size=TINY_IMAGE_SIZE, stride=8)
         assert (tmp_path / name).read_bytes() == data
 
 
@@ -322,7 +311,7 @@ def test_shape_mismatch_names_the_tensor(model: CLIP, tmp_path: Path) -> None:
     with pytest.raises(
         InputError, match=r"visual\.ln_post\.bias has shape \(65,\), the model expects \(64,\)"
     ):
-        load_clip(tmp_path / "bad.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "bad.pt", image_size=TINY_IMAGE_SIZE, stride=8)
 
 
 def test_missing_and_foreign_content(model: CLIP, tmp_path: Path) -> None:
@@ -330,20 +319,20 @@ def test_missing_and_foreign_content(model: CLIP, tmp_path: Path) -> None:
     del state["transformer.resblocks.1.mlp.c_fc.bias"]
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(InputError, match=r"missing transformer\.resblocks\.1\.mlp\.c_fc\.bias"):
-        load_clip(tmp_path / "partial.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "partial.pt", image_size=TINY_IMAGE_SIZE, stride=8)
 
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a CLIP ViT checkpoint: missing visual.conv1.weight"):
-        load_clip(tmp_path / "other.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "other.pt", image_size=TINY_IMAGE_SIZE, stride=8)
 
     resnet = dict(openai_state(model), **{"visual.layer1.0.conv1.weight": torch.zeros(1)})
     torch.save(resnet, tmp_path / "rn50.pt")
     with pytest.raises(InputError, match="ResNet CLIP is not supported"):
-        load_clip(tmp_path / "rn50.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "rn50.pt", image_size=TINY_IMAGE_SIZE, stride=8)
 
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(InputError, match="does not hold a state dict"):
-        load_clip(tmp_path / "list.pt", image_size=SIZE, stride=8)
+        load_clip(tmp_path / "list.pt", image_size=TINY_IMAGE_SIZE, stride=8)
 
 
 def test_missing_paths_and_bad_sizes(model: CLIP, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import TINY_ARCH, TINY_IMAGE_SIZE
 from torch import nn
 
 from personsearch.errors import InputError
@@ -14,16 +15,9 @@ from personsearch.model import CLIP, CLIPConfig, build_clip, config_from_state_d
 from personsearch.model.clip import Attention
 
 SOT, EOT = 49406, 49407
-TINY = dict(
-    embed_dim=32,
-    vision_width=64,
-    vision_layers=2,
-    vision_heads=2,
-    patch_size=8,
-    text_width=64,
-    text_layers=2,
-    text_heads=2,
-)
+# Two layers and two heads per tower (TINY_ARCH has one head, one vision layer): the attention
+# fidelity tests need the multi-head split and a stack of blocks to be exercised.
+ARCH = dict(TINY_ARCH, vision_layers=2, vision_heads=2, text_heads=2)
 
 
 def make_ids(lengths: list[int], context: int = 16, seed: int = 0) -> torch.Tensor:
@@ -40,7 +34,7 @@ def make_ids(lengths: list[int], context: int = 16, seed: int = 0) -> torch.Tens
 @pytest.fixture(scope="module")
 def model() -> CLIP:
     torch.manual_seed(0)
-    return build_clip(TINY, image_size=(32, 16), stride=8, context_length=16).eval()
+    return build_clip(ARCH, image_size=TINY_IMAGE_SIZE, stride=8, context_length=16).eval()
 
 
 def reference_tower(blocks: nn.ModuleList, x: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -131,7 +125,7 @@ def test_sdpa_attention_equals_explicit_and_multihead(causal: bool) -> None:
 
 def test_encoders_match_openai_formulation(model: CLIP) -> None:
     torch.manual_seed(2)
-    images = torch.randn(3, 3, 32, 16)
+    images = torch.randn(3, 3, *TINY_IMAGE_SIZE)
     ids = make_ids([3, 7, 1])
     with torch.no_grad():
         x = model.visual.conv1(images).flatten(2).transpose(1, 2)
@@ -215,10 +209,10 @@ def test_overlapping_patches_and_grid_errors() -> None:
     assert patch_grid((384, 128), 16, 16) == (24, 8)
     assert patch_grid((388, 136), 16, 12) == (32, 11)
     torch.manual_seed(6)
-    overlapping = build_clip(TINY, image_size=(32, 16), stride=4, context_length=16).eval()
+    overlapping = build_clip(ARCH, image_size=TINY_IMAGE_SIZE, stride=4, context_length=16).eval()
     assert overlapping.grid == (7, 3)
     with torch.no_grad():
-        tokens = overlapping.encode_image_tokens(torch.randn(2, 3, 32, 16))
+        tokens = overlapping.encode_image_tokens(torch.randn(2, 3, *TINY_IMAGE_SIZE))
     assert tokens.shape == (2, 1 + 21, 32)
     with pytest.raises(InputError, match="height 30 cannot be covered"):
         patch_grid((30, 16), 8, 4)
@@ -234,7 +228,7 @@ def test_too_long_ids_are_refused(model: CLIP) -> None:
 
 
 def test_bf16_autocast_close_to_fp32(model: CLIP) -> None:
-    images = torch.randn(2, 3, 32, 16)
+    images = torch.randn(2, 3, *TINY_IMAGE_SIZE)
     ids = make_ids([3, 8], seed=7)
     with torch.no_grad():
         image32, text32 = model.encode_image(images), model.encode_text(ids)
@@ -278,8 +272,8 @@ def test_config_errors_name_the_problem(model: CLIP) -> None:
 
 def test_build_clip_uses_openai_initialisation() -> None:
     torch.manual_seed(8)
-    arch = dict(TINY, text_width=128, text_layers=2, text_heads=2)
-    model = build_clip(arch, image_size=(32, 16), stride=8, context_length=77, vocab_size=4000)
+    arch = dict(ARCH, text_width=128, text_layers=2, text_heads=2)
+    model = build_clip(arch, image_size=TINY_IMAGE_SIZE, stride=8, context_length=77, vocab_size=4000)
     assert abs(model.token_embedding.weight.std().item() - 0.02) < 0.002
     assert abs(model.positional_embedding.std().item() - 0.01) < 0.001
     block = model.transformer.resblocks[0]

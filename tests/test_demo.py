@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from tests.conftest import TINY_SETS
+from tests.helpers import TINY_SETS
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app
@@ -16,16 +17,6 @@ from personsearch.model.clip import build_clip
 from personsearch.runs import create_run
 from personsearch.settings import resolve_settings
 
-TINY = dict(
-    embed_dim=64,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    patch_size=16,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)
 CAPTION = "a woman in a red coat carrying a black leather bag"
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -53,7 +44,7 @@ def _check_shape(data: dict, caption_words: int) -> None:
 
 def _weights_file(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = build_clip(TINY, image_size=(32, 16), stride=16, context_length=77)
+    model = build_clip(TINY_IRRA_ARCH, image_size=TINY_IMAGE_SIZE, stride=16, context_length=77)
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
@@ -76,7 +67,7 @@ def test_weights_and_top_k_at_zero_temperature(tmp_path):
         "--weights",
         str(weights),
         "--set",
-        "model.image_size=[32,16]",
+        f"model.image_size={list(TINY_IMAGE_SIZE)}",
         "--temperature",
         "0",
         "--ratio",
@@ -93,7 +84,7 @@ def test_weights_and_top_k_at_zero_temperature(tmp_path):
 def test_run_folder_uses_its_settings(tmp_path):
     settings = resolve_settings(
         config={
-            "model": {"image_size": [32, 16], "arch": TINY},
+            "model": {"image_size": list(TINY_IMAGE_SIZE), "arch": TINY_IRRA_ARCH},
             "masking": {"ratio": 0.4, "layers": 2},
             "runtime": {"output_dir": str(tmp_path / "runs")},
         },
@@ -101,7 +92,7 @@ def test_run_folder_uses_its_settings(tmp_path):
     )
     run = create_run(settings, name="tiny")
     torch.manual_seed(0)
-    model = build_clip(TINY, image_size=(32, 16), stride=16)
+    model = build_clip(TINY_IRRA_ARCH, image_size=TINY_IMAGE_SIZE, stride=16)
     save_file(
         {f"base_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
         str(run / "checkpoints" / "best.safetensors"),

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tests.conftest import TINY_SETS
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app
@@ -29,27 +28,19 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run trained for one epoch (enough to tell identities apart better than chance)."""
-    from personsearch.engine.train import train
-    from personsearch.runs import create_run
-    from personsearch.settings import resolve_settings
-
-    output = tmp_path_factory.mktemp("export_runs")
-    settings = resolve_settings(
-        sets=TINY_SETS + [f"data.root={prepared_tiny}", f"runtime.output_dir={output}", "train.epochs=1"],
-        environ={},
-    )
-    run = create_run(settings, name="tiny", output_dir=output)
-    train(settings, settings.data.root, run)
+def export_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the session's ``trained_run``, alone under its own output folder: this module
+    exports into RUN/index, and ``query`` without --index finds the latest run's index there."""
+    run = tmp_path_factory.mktemp("export_runs") / "tiny"
+    shutil.copytree(trained_run, run)
     return run
 
 
 @pytest.fixture(scope="module")
-def other_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def other_run(export_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same run with every weight nudged: another model fingerprint."""
     run = tmp_path_factory.mktemp("other") / "other"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("index", "state-*"))
+    shutil.copytree(export_run, run, ignore=shutil.ignore_patterns("index", "state-*"))
     generator = torch.Generator().manual_seed(1)
     for tag in ("best", "last"):
         weights = run / "checkpoints" / f"{tag}.safetensors"
@@ -67,19 +58,19 @@ def other_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def train_index(trained_run: Path, prepared_tiny: Path) -> Path:
+def train_index(export_run: Path, prepared_tiny: Path) -> Path:
     """The train split exported into RUN/index (identities recorded)."""
     result = runner.invoke(
         app,
         [
             "export",
-            str(trained_run),
+            str(export_run),
             "--data",
             str(prepared_tiny),
             "--split",
             "train",
             "--out",
-            str(trained_run / "index"),
+            str(export_run / "index"),
             "--device",
             "cpu",
             "--json",
@@ -88,7 +79,7 @@ def train_index(trained_run: Path, prepared_tiny: Path) -> Path:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["indexed"] == report["total"] > 0 and report["skipped"] == []
-    return trained_run / "index"
+    return export_run / "index"
 
 
 def _query(*args: str) -> object:
@@ -163,8 +154,8 @@ def test_json_shape_several_queries_and_k_beyond_gallery(train_index):
     assert all(len(q["results"]) == size for q in several)
 
 
-def test_query_without_index_uses_latest_run_index(train_index, trained_run):
-    env = {"PERSONSEARCH_RUNTIME__OUTPUT_DIR": str(trained_run.parent)}
+def test_query_without_index_uses_latest_run_index(train_index, export_run):
+    env = {"PERSONSEARCH_RUNTIME__OUTPUT_DIR": str(export_run.parent)}
     result = runner.invoke(app, ["query", "woman in red", "-k", "2", "--json"], env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["query"] == "woman in red"
@@ -242,7 +233,7 @@ def test_corrupt_shard_is_detected(train_index, tmp_path):
     assert result.exit_code == 2 and "truncated" in result.output
 
 
-def test_model_mismatch_is_refused(train_index, trained_run, other_run, prepared_tiny, tmp_path):
+def test_model_mismatch_is_refused(train_index, export_run, other_run, prepared_tiny, tmp_path):
     result = runner.invoke(
         app, ["query", "woman in red", "--index", str(train_index), "--run", str(other_run)]
     )
@@ -266,14 +257,14 @@ def test_model_mismatch_is_refused(train_index, trained_run, other_run, prepared
     )
     assert made.exit_code == 0, made.output
     result = runner.invoke(
-        app, ["query", "woman in red", "--index", str(other_index), "--run", str(trained_run)]
+        app, ["query", "woman in red", "--index", str(other_index), "--run", str(export_run)]
     )
     assert result.exit_code == 2 and "another model" in result.output
     appended = runner.invoke(
         app,
         [
             "export",
-            str(trained_run),
+            str(export_run),
             "--data",
             str(prepared_tiny),
             "--split",
@@ -306,13 +297,13 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_append_is_incremental_and_interruption_keeps_the_index(trained_run, prepared_tiny, tmp_path):
+def test_append_is_incremental_and_interruption_keeps_the_index(export_run, prepared_tiny, tmp_path):
     images = tmp_path / "images"
     files = _gallery(prepared_tiny, images, 6)
     out = tmp_path / "index"
     args = [
         "export",
-        str(trained_run),
+        str(export_run),
         "--images",
         str(images),
         "--out",
@@ -330,7 +321,7 @@ def test_append_is_incremental_and_interruption_keeps_the_index(trained_run, pre
     assert _snapshot(out) == before
 
     shutil.copyfile(files[0], images / "cam1" / "new.PNG.jpg")
-    model = load_trained(trained_run)
+    model = load_trained(export_run)
 
     def interrupt(_: int) -> None:
         raise KeyboardInterrupt
@@ -356,7 +347,7 @@ def test_append_is_incremental_and_interruption_keeps_the_index(trained_run, pre
     assert all(h["pid"] is None for h in hits)
 
 
-def test_unreadable_files_are_listed_and_skipped(trained_run, prepared_tiny, tmp_path):
+def test_unreadable_files_are_listed_and_skipped(export_run, prepared_tiny, tmp_path):
     images = tmp_path / "images"
     _gallery(prepared_tiny, images, 3)
     (images / "cam0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -371,7 +362,7 @@ def test_unreadable_files_are_listed_and_skipped(trained_run, prepared_tiny, tmp
         app,
         [
             "export",
-            str(trained_run),
+            str(export_run),
             "--images",
             str(images),
             "--out",
@@ -404,27 +395,27 @@ def test_unreadable_files_are_listed_and_skipped(trained_run, prepared_tiny, tmp
     )
 
 
-def test_export_refuses_foreign_out_and_replaces_an_index(trained_run, prepared_tiny, tmp_path):
+def test_export_refuses_foreign_out_and_replaces_an_index(export_run, prepared_tiny, tmp_path):
     images = tmp_path / "images"
     _gallery(prepared_tiny, images, 2)
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine", encoding="utf-8")
-    result = runner.invoke(app, ["export", str(trained_run), "--images", str(images), "--out", str(foreign)])
+    result = runner.invoke(app, ["export", str(export_run), "--images", str(images), "--out", str(foreign)])
     assert result.exit_code == 2 and "not a gallery index" in " ".join(result.output.split())
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(
-        app, ["export", str(trained_run), "--images", str(empty), "--out", str(tmp_path / "x")]
+        app, ["export", str(export_run), "--images", str(empty), "--out", str(tmp_path / "x")]
     )
     assert result.exit_code == 2 and "no images found" in result.output
     out = tmp_path / "index"
     for _ in range(2):
-        result = runner.invoke(app, ["export", str(trained_run), "--images", str(images), "--out", str(out)])
+        result = runner.invoke(app, ["export", str(export_run), "--images", str(images), "--out", str(out)])
         assert result.exit_code == 0, result.output
     assert len(GalleryIndex.open(out)) == 2 and len(GalleryIndex.open(out).header["shards"]) == 1
-    result = runner.invoke(app, ["export", str(trained_run), "--out", str(out)])
+    result = runner.invoke(app, ["export", str(export_run), "--out", str(out)])
     assert result.exit_code == 2 and "exactly one of" in result.output
     with pytest.raises(InputError, match="split"):
-        export_images(load_trained(trained_run), out, prepared=prepared_tiny)
+        export_images(load_trained(export_run), out, prepared=prepared_tiny)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT
 from torch import nn
 
 from personsearch.errors import InputError
@@ -19,23 +20,11 @@ from personsearch.model.irra import IRRA, CrossAttention, build_irra
 from personsearch.settings import MaskingSettings, resolve_settings
 from personsearch.text.masking import EOT_TOKEN_ID, SOT_TOKEN_ID
 
-TINY = dict(
-    embed_dim=64,
-    vision_width=64,
-    vision_layers=1,
-    vision_heads=1,
-    patch_size=16,
-    text_width=64,
-    text_layers=2,
-    text_heads=1,
-)
-CONTEXT = 24
-
 
 @functools.lru_cache(maxsize=2)
 def _built_clip(seed: int):
     torch.manual_seed(seed)
-    return build_clip(TINY, image_size=(32, 16), stride=16, context_length=CONTEXT)
+    return build_clip(TINY_IRRA_ARCH, image_size=TINY_IMAGE_SIZE, stride=16, context_length=TINY_IRRA_CONTEXT)
 
 
 def _clip(seed: int = 0):
@@ -45,14 +34,14 @@ def _clip(seed: int = 0):
 
 def _batch(size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(size, CONTEXT, dtype=torch.long)
+    ids = torch.zeros(size, TINY_IRRA_CONTEXT, dtype=torch.long)
     for row in range(size):
         words = 3 + (row * 5) % 12
         ids[row, 0] = SOT_TOKEN_ID
         ids[row, 1 : words + 1] = torch.randint(1, 49405, (words,), generator=g)
         ids[row, words + 1] = EOT_TOKEN_ID
     return {
-        "images": torch.randn(size, 3, 32, 16, generator=g),
+        "images": torch.randn(size, 3, *TINY_IMAGE_SIZE, generator=g),
         "caption_ids": ids,
         "pids": torch.tensor([0, 0, 1, 2, 2, 3][:size]),
         "image_ids": torch.arange(size),
@@ -94,7 +83,8 @@ def test_module_names_match_irra_and_heads_follow_losses():
 def test_initialisation_follows_design():
     torch.manual_seed(0)
     width, depth = 128, 4
-    clip = build_clip(dict(TINY, embed_dim=width), image_size=(32, 16), stride=16, context_length=CONTEXT)
+    arch = dict(TINY_IRRA_ARCH, embed_dim=width)
+    clip = build_clip(arch, image_size=TINY_IMAGE_SIZE, stride=16, context_length=TINY_IRRA_CONTEXT)
     model = IRRA(clip, num_classes=300, losses=("mlm", "id"), cmt_depth=depth)
     proj = width**-0.5 * (2 * depth) ** -0.5
     fc = (2 * width) ** -0.5
@@ -279,12 +269,12 @@ def test_build_irra_from_settings_random_clip():
         config={
             "model": {
                 "pretrained": None,
-                "image_size": [32, 16],
+                "image_size": list(TINY_IMAGE_SIZE),
                 "stride": 16,
                 "cmt_depth": 1,
-                "text_length": 24,
+                "text_length": TINY_IRRA_CONTEXT,
                 "temperature": 0.05,
-                "arch": TINY,
+                "arch": TINY_IRRA_ARCH,
             },
             "loss": {"names": "itc+mlm", "mlm_weight": 0.5},
             "masking": {"strategy": "attention", "temperature": 0.5},
@@ -295,6 +285,6 @@ def test_build_irra_from_settings_random_clip():
     assert model.logit_scale == pytest.approx(20.0)
     assert model.losses == ("itc", "mlm") and not hasattr(model, "classifier")
     assert model.masking.strategy == "attention"
-    assert model.base_model.config.context_length == 24
+    assert model.base_model.config.context_length == TINY_IRRA_CONTEXT
     out = model(_batch(4), generator=torch.Generator().manual_seed(0))
     assert set(out) == {"itc_loss", "mlm_loss", "mlm_acc", "loss"}

@@ -13,7 +13,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.test_irra import CONTEXT, TINY
+from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT
 
 from personsearch.errors import InputError
 from personsearch.model import irra as irra_module
@@ -26,7 +26,7 @@ from personsearch.text.masking import EOT_TOKEN_ID, SOT_TOKEN_ID
 @functools.lru_cache(maxsize=1)
 def _built_clip():
     torch.manual_seed(0)
-    return build_clip(TINY, image_size=(32, 16), stride=16, context_length=CONTEXT)
+    return build_clip(TINY_IRRA_ARCH, image_size=TINY_IMAGE_SIZE, stride=16, context_length=TINY_IRRA_CONTEXT)
 
 
 def _model(masked_matching: bool, strategy: str = "random", losses=("sdm", "mlm", "id")) -> IRRA:
@@ -43,14 +43,14 @@ def _model(masked_matching: bool, strategy: str = "random", losses=("sdm", "mlm"
 
 def _batch(size: int = 6) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
-    ids = torch.zeros(size, CONTEXT, dtype=torch.long)
+    ids = torch.zeros(size, TINY_IRRA_CONTEXT, dtype=torch.long)
     for row in range(size):
         words = 3 + (row * 5) % 12
         ids[row, 0] = SOT_TOKEN_ID
         ids[row, 1 : words + 1] = torch.randint(1, 49405, (words,), generator=g)
         ids[row, words + 1] = EOT_TOKEN_ID
     return {
-        "images": torch.randn(size, 3, 32, 16, generator=g),
+        "images": torch.randn(size, 3, *TINY_IMAGE_SIZE, generator=g),
         "caption_ids": ids,
         "pids": torch.tensor([0, 0, 1, 2, 2, 3][:size]),
     }
@@ -98,7 +98,7 @@ def _run(model: IRRA, batch, monkeypatch, seed: int = 0):
 
 
 def _full(masked: torch.Tensor) -> torch.Tensor:
-    full = torch.zeros(masked.shape[0], CONTEXT, dtype=masked.dtype)
+    full = torch.zeros(masked.shape[0], TINY_IRRA_CONTEXT, dtype=masked.dtype)
     full[:, : masked.shape[1]] = masked
     return full
 
@@ -171,7 +171,13 @@ def test_without_mlm_nothing_is_masked(monkeypatch):
 def _settings(**loss):
     return resolve_settings(
         config={
-            "model": {"pretrained": None, "image_size": [32, 16], "cmt_depth": 1, "text_length": CONTEXT, "arch": TINY},
+            "model": {
+                "pretrained": None,
+                "image_size": list(TINY_IMAGE_SIZE),
+                "cmt_depth": 1,
+                "text_length": TINY_IRRA_CONTEXT,
+                "arch": TINY_IRRA_ARCH,
+            },
             "loss": loss,
         },
         environ={},

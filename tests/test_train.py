@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import TINY_SETS
+from tests.helpers import TINY_SETS
 from typer.testing import CliRunner
 
 from personsearch.cli.app import app

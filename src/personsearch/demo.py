@@ -191,7 +191,7 @@ def _is_legacy_demo(folder: Path) -> bool:
 def _check_own_entries(out: Path) -> None:
     """A rerun clears and rewrites the demo's folders in place: one of them replaced by a symlink
     would send the new data, checkpoints or index into the folder it points to (and clear that)."""
-    from personsearch.runs import check_run_files
+    from personsearch.runs import INDEX_DIR, check_run_files
 
     for name in ("data", "data/raw", "run", "run-random", "run-attention"):
         path = out / name
@@ -201,7 +201,7 @@ def _check_own_entries(out: Path) -> None:
                              hint=f"move {path} away, or choose a new --out; nothing was changed")
         if name.startswith("run") and path.is_dir():
             check_run_files(path)
-            index = path / "index"
+            index = path / INDEX_DIR
             if index.is_symlink():
                 raise InputError(f"{index} is a symbolic link: the demo writes its own index there",
                                  hint=f"move {index} away, or choose a new --out; nothing was changed")

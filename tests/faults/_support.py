@@ -1,15 +1,14 @@
-"""Helpers of the fault-injection suite: a CLI runner that checks the error promise, tree
-hashes to prove inputs are untouched."""
+"""Helpers of the fault-injection suite: the CLI run in-process or as a process, and the check of the
+error promise (tree hashes to prove inputs untouched are ``tests.helpers.tree_digest``)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY_SETS
+from tests.helpers import TINY_SETS
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -34,18 +33,6 @@ def assert_input_error(result, *words: str, code: int = 2) -> str:  # noqa: ANN0
     for word in words:
         assert word.lower() in flat.lower(), f"{word!r} not in message:\n{text}"
     return text
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """sha256 of every file under ``path`` (or of ``path`` itself), by relative name."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and not p.is_symlink()
-    }
 
 
 def cli_process(*args: str, cwd: Path | None = None) -> subprocess.Popen:

@@ -15,10 +15,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tests.helpers import tree_digest
 
 from personsearch.errors import RunFailure
 
-from ._support import assert_input_error, invoke, tree_digest
+from ._support import assert_input_error, invoke
 
 pytestmark = [
     pytest.mark.faults,
@@ -53,6 +54,7 @@ def _tiny_training_objects():
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    from personsearch import runs
     from personsearch.engine import state
 
     model, optimizer = _tiny_training_objects()
@@ -69,7 +71,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     monkeypatch.undo()
     checkpoint = state.load_training_state(run)
     assert checkpoint is not None and checkpoint.step == 10
-    weights, meta = state.read_weights_meta(run)
+    weights, meta = runs.read_weights_meta(run)
     assert meta["step"] == 10 and weights.name == "best.safetensors"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "temp files left"
 
@@ -92,11 +94,11 @@ def test_disk_full_during_the_weights_link_keeps_last_consistent(tmp_path, monke
     assert meta["weights_sha256"] == sha256_file(folder / "last.safetensors")
 
 
-def test_train_cli_disk_full_is_a_clear_failure_and_resume_still_works(tiny_run, tmp_path, monkeypatch):
+def test_train_cli_disk_full_is_a_clear_failure_and_resume_still_works(trained_run, tmp_path, monkeypatch):
     from personsearch.engine import state
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     good = tree_digest(run / "checkpoints")
     fill_disk_on(monkeypatch, "model.safetensors")
     result = invoke("--quiet", "train", "--resume", run, "--max-steps", "3")

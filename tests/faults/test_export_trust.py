@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests.helpers import tree_digest
 
-from ._support import assert_input_error, cli_process, invoke, tree_digest
+from ._support import assert_input_error, cli_process, invoke
 
 pytestmark = pytest.mark.faults
 
@@ -37,11 +38,11 @@ def _export(run: Path, images: Path, out: Path, *extra: str):  # noqa: ANN202
 
 
 @pytest.fixture(scope="module")
-def folder_index(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder_index(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An index of a four-image folder (the folder sits beside it)."""
     base = tmp_path_factory.mktemp("trust")
     _images(base / "gallery", ["cam0/a.jpg", "cam0/b.jpg", "cam1/c.jpg", "cam1/d.jpg"])
-    result = _export(tiny_run, base / "gallery", base / "index")
+    result = _export(trained_run, base / "gallery", base / "index")
     assert result.exit_code == 0, result.output
     return base / "index"
 
@@ -82,7 +83,7 @@ def _write_rows(index: Path, rows: list) -> None:
 
 @pytest.mark.parametrize("header", ["junk", "lookalike", "copied"])
 @pytest.mark.parametrize("append", [False, True], ids=["export", "append"])
-def test_a_folder_holding_a_header_json_is_not_replaced(tiny_run, folder_index, tmp_path, header, append):
+def test_a_folder_holding_a_header_json_is_not_replaced(trained_run, folder_index, tmp_path, header, append):
     gallery = tmp_path / "gallery"
     _images(gallery, ["x.jpg"])
     mine = tmp_path / "mine"
@@ -98,28 +99,28 @@ def test_a_folder_holding_a_header_json_is_not_replaced(tiny_run, folder_index, 
         for name in ("header.json", "shard-00000.npy", "shard-00000.jsonl"):
             shutil.copyfile(folder_index / name, mine / name)
     before = tree_digest(mine)
-    result = _export(tiny_run, gallery, mine, *(["--append"] if append else []))
+    result = _export(trained_run, gallery, mine, *(["--append"] if append else []))
     assert_input_error(result, str(mine), "refusing")
     assert tree_digest(mine) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gallery", "mine"]  # no temporaries left
 
 
-def test_an_index_carries_the_owner_marker_and_an_older_unmarked_one_is_still_ours(tiny_run, tmp_path):
+def test_an_index_carries_the_owner_marker_and_an_older_unmarked_one_is_still_ours(trained_run, tmp_path):
     from personsearch.io import owner_kind
 
     gallery = tmp_path / "gallery"
     _images(gallery, ["a.jpg", "b.jpg"])
     index = tmp_path / "index"
-    assert _export(tiny_run, gallery, index).exit_code == 0
+    assert _export(trained_run, gallery, index).exit_code == 0
     assert owner_kind(index) == "gallery-index"
     (index / ".personsearch.json").unlink()  # as written before markers existed
-    result = _export(tiny_run, gallery, index)
+    result = _export(trained_run, gallery, index)
     assert result.exit_code == 0, result.output
     assert owner_kind(index) == "gallery-index"
     (index / ".personsearch.json").unlink()
     (index / "my-notes.txt").write_text("mine")  # an unmarked folder with anything else in it is not ours
     before = tree_digest(index)
-    assert_input_error(_export(tiny_run, gallery, index), "refusing")
+    assert_input_error(_export(trained_run, gallery, index), "refusing")
     assert tree_digest(index) == before
 
 
@@ -148,14 +149,14 @@ def test_a_tampered_path_refuses_the_index_before_any_pixel_is_read(folder_index
 
 
 @pytest.mark.parametrize("link", ["file", "folder"])
-def test_a_symbolic_link_out_of_the_image_root_refuses_the_index(tiny_run, tmp_path, link):
+def test_a_symbolic_link_out_of_the_image_root_refuses_the_index(trained_run, tmp_path, link):
     from personsearch.errors import InputError
     from personsearch.retrieval.index import GalleryIndex
 
     gallery = tmp_path / "gallery"
     _images(gallery, ["cam0/a.jpg", "cam1/b.jpg"])
     index = tmp_path / "index"
-    assert _export(tiny_run, gallery, index).exit_code == 0
+    assert _export(trained_run, gallery, index).exit_code == 0
     private = tmp_path / "private"
     _images(private, ["a.jpg", "b.jpg"])
     if link == "file":
@@ -207,13 +208,13 @@ UNWRITABLE = ["under-a-file", "proc", "sys"]
 
 
 @pytest.mark.parametrize("kind", UNWRITABLE)
-def test_export_refuses_an_unwritable_out_before_loading_the_model(tiny_run, tmp_path, monkeypatch, kind):
+def test_export_refuses_an_unwritable_out_before_loading_the_model(trained_run, tmp_path, monkeypatch, kind):
     gallery = tmp_path / "gallery"
     _images(gallery, ["a.jpg"])
     _forbid(monkeypatch, "personsearch.runs.load_trained")
     out = _unwritable(tmp_path, kind)
-    assert_input_error(_export(tiny_run, gallery, out), "--out")
-    assert_input_error(_export(tiny_run, gallery, out, "--append"), "--out")
+    assert_input_error(_export(trained_run, gallery, out), "--out")
+    assert_input_error(_export(trained_run, gallery, out, "--append"), "--out")
 
 
 @pytest.mark.parametrize("kind", [*UNWRITABLE, "folder", "fifo"])
@@ -238,15 +239,15 @@ def test_query_never_writes_its_sheet_into_the_index(folder_index, tmp_path):
 
 
 @pytest.mark.parametrize("kind", [*UNWRITABLE, "folder"])
-def test_eval_refuses_an_unwritable_sheet_before_evaluating(tiny_run, tmp_path, monkeypatch, kind):
+def test_eval_refuses_an_unwritable_sheet_before_evaluating(trained_run, tmp_path, monkeypatch, kind):
     _forbid(monkeypatch, "personsearch.engine.evaluate.evaluate_split")
     sheet = tmp_path if kind == "folder" else _unwritable(tmp_path, kind).with_suffix(".png")
-    before = tree_digest(tiny_run)
-    assert_input_error(invoke("eval", tiny_run, "--sheet", sheet, "--json"), "--sheet")
-    assert tree_digest(tiny_run) == before
+    before = tree_digest(trained_run)
+    assert_input_error(invoke("eval", trained_run, "--sheet", sheet, "--json"), "--sheet")
+    assert tree_digest(trained_run) == before
 
 
-def test_file_names_that_are_not_utf8_are_skipped_and_reported(tiny_run, tmp_path):
+def test_file_names_that_are_not_utf8_are_skipped_and_reported(trained_run, tmp_path):
     gallery = tmp_path / "gallery"
     good = _images(gallery, ["ok0.jpg", "ok1.jpg"])
     raw = os.fsencode(gallery)
@@ -255,7 +256,7 @@ def test_file_names_that_are_not_utf8_are_skipped_and_reported(tiny_run, tmp_pat
     shutil.copyfile(good[1], raw + b"/cam\xe9/inner.jpg")
     before = tree_digest(gallery)
     index = tmp_path / "index"
-    result = _export(tiny_run, gallery, index)
+    result = _export(trained_run, gallery, index)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     report = json.loads(result.stdout_bytes.decode("utf-8"))  # strict UTF-8
@@ -264,7 +265,7 @@ def test_file_names_that_are_not_utf8_are_skipped_and_reported(tiny_run, tmp_pat
     assert report["indexed"] == report["total"] == 2
     for name in ("header.json", "shard-00000.jsonl"):
         (index / name).read_bytes().decode("utf-8")
-    again = _export(tiny_run, gallery, index, "--append")  # an append meets the same names calmly
+    again = _export(trained_run, gallery, index, "--append")  # an append meets the same names calmly
     assert again.exit_code == 0 and json.loads(again.stdout)["unchanged"] == 2, again.output
     assert tree_digest(gallery) == before
 
@@ -307,11 +308,11 @@ def test_special_files_are_listed_without_being_opened(tmp_path):
         assert word in reasons[name], (name, reasons[name])
 
 
-def test_export_with_special_files_finishes_and_reports_them(tiny_run, tmp_path):
+def test_export_with_special_files_finishes_and_reports_them(trained_run, tmp_path):
     gallery = tmp_path / "gallery"
     expected = _special_gallery(gallery, tmp_path)
     index = tmp_path / "index"
-    process = cli_process("--quiet", "export", tiny_run, "--images", gallery, "--out", index, "--json")
+    process = cli_process("--quiet", "export", trained_run, "--images", gallery, "--out", index, "--json")
     try:
         stdout, stderr = process.communicate(timeout=240)
     except Exception:
@@ -490,7 +491,7 @@ def test_embeddings_of_the_wrong_size_or_kind_are_one_message(folder_index, tmp_
 
 
 @pytest.mark.parametrize("second", ["append", "export"])
-def test_two_writers_never_add_the_same_files(tiny_run, tmp_path, second):
+def test_two_writers_never_add_the_same_files(trained_run, tmp_path, second):
     """The first append has read the header and decided what is new when a second writer comes:
     the second is refused (the lock is held for the whole append), so each file is indexed once."""
     from personsearch.errors import InputError
@@ -501,7 +502,7 @@ def test_two_writers_never_add_the_same_files(tiny_run, tmp_path, second):
     gallery = tmp_path / "gallery"
     _images(gallery, ["a0.jpg", "a1.jpg", "a2.jpg"])
     index = tmp_path / "index"
-    assert _export(tiny_run, gallery, index).exit_code == 0
+    assert _export(trained_run, gallery, index).exit_code == 0
     _images(gallery / "new", ["b0.jpg", "b1.jpg"])
 
     decided, other_done = threading.Event(), threading.Event()
@@ -513,7 +514,7 @@ def test_two_writers_never_add_the_same_files(tiny_run, tmp_path, second):
 
     def first() -> None:
         try:
-            box["first"] = export_images(load_trained(tiny_run), index, images=gallery, append=True, on_total=hold)
+            box["first"] = export_images(load_trained(trained_run), index, images=gallery, append=True, on_total=hold)
         except BaseException as exc:  # noqa: BLE001 - reported below
             box["first"] = exc
 
@@ -522,7 +523,7 @@ def test_two_writers_never_add_the_same_files(tiny_run, tmp_path, second):
     try:
         assert decided.wait(120)
         try:
-            box["second"] = export_images(load_trained(tiny_run), index, images=gallery, append=second == "append")
+            box["second"] = export_images(load_trained(trained_run), index, images=gallery, append=second == "append")
         except InputError as exc:
             box["second"] = exc
     finally:

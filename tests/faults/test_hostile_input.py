@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests.helpers import tree_digest
 
-from ._support import assert_input_error, invoke, tiny_sets, tree_digest
+from ._support import assert_input_error, invoke, tiny_sets
 from ._support import raw_entries as _entries
 
 pytestmark = pytest.mark.faults
@@ -323,14 +324,14 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     assert tree_digest(evil) == before
 
 
-def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+def _run_copy(trained_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     return run
 
 
-def test_truncated_safetensors_weights_are_refused(tiny_run, tmp_path):
-    run = _run_copy(tiny_run, tmp_path)
+def test_truncated_safetensors_weights_are_refused(trained_run, tmp_path):
+    run = _run_copy(trained_run, tmp_path)
     for tag in ("best", "last"):
         weights = run / "checkpoints" / f"{tag}.safetensors"
         data = weights.read_bytes()
@@ -342,12 +343,12 @@ def test_truncated_safetensors_weights_are_refused(tiny_run, tmp_path):
     assert tree_digest(run) == before
 
 
-def test_weights_with_a_wrong_shape_name_the_first_mismatching_tensor(tiny_run, tmp_path):
+def test_weights_with_a_wrong_shape_name_the_first_mismatching_tensor(trained_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from personsearch.io import sha256_file
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     for tag in ("best", "last"):
         weights = run / "checkpoints" / f"{tag}.safetensors"
         tensors = load_file(str(weights))
@@ -363,8 +364,8 @@ def test_weights_with_a_wrong_shape_name_the_first_mismatching_tensor(tiny_run, 
     assert_input_error(result, "resblocks.0.mlp.c_fc.weight")
 
 
-def test_run_from_a_newer_checkpoint_format_says_which_version(tiny_run, tmp_path):
-    run = _run_copy(tiny_run, tmp_path)
+def test_run_from_a_newer_checkpoint_format_says_which_version(trained_run, tmp_path):
+    run = _run_copy(trained_run, tmp_path)
     for tag in ("best", "last"):
         meta_path = run / "checkpoints" / f"{tag}.json"
         meta = json.loads(meta_path.read_text())

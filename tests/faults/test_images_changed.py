@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import TINY_SETS
+from tests.helpers import TINY_SETS, tree_digest
 
-from ._support import assert_input_error, invoke, tree_digest
+from ._support import assert_input_error, invoke
 
 pytestmark = pytest.mark.faults
 
@@ -46,6 +46,14 @@ def damaged(synthetic_raw: Path, tmp_path: Path):  # noqa: ANN201
     return _damage(synthetic_raw, tmp_path, ("train", "test"))
 
 
+@pytest.fixture(scope="module")
+def run_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the shared ``trained_run``: an eval that succeeds appends to RUN/metrics.jsonl."""
+    run = tmp_path_factory.mktemp("images-changed") / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
 @pytest.mark.slow
 def test_training_skips_and_counts_deleted_and_corrupt_images(damaged_train, tmp_path):
     from personsearch.engine.train import train
@@ -66,10 +74,10 @@ def test_training_skips_and_counts_deleted_and_corrupt_images(damaged_train, tmp
     assert tree_digest(prepared) == before
 
 
-def test_eval_with_a_broken_gallery_image_fails_clearly(tiny_run, damaged):
+def test_eval_with_a_broken_gallery_image_fails_clearly(run_copy, damaged):
     raw, prepared, victims = damaged
     before = tree_digest(prepared)
-    result = invoke("eval", tiny_run, "--data", prepared, "--json")
+    result = invoke("eval", run_copy, "--data", prepared, "--json")
     assert result.exit_code in (0, 1), result.output
     assert "Traceback" not in result.output
     if result.exit_code == 1:
@@ -77,9 +85,9 @@ def test_eval_with_a_broken_gallery_image_fails_clearly(tiny_run, damaged):
     assert tree_digest(prepared) == before
 
 
-def test_eval_skips_and_counts_broken_gallery_images(tiny_run, damaged):
+def test_eval_skips_and_counts_broken_gallery_images(run_copy, damaged):
     raw, prepared, victims = damaged
-    result = invoke("eval", tiny_run, "--data", prepared, "--json")
+    result = invoke("eval", run_copy, "--data", prepared, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report.get("skipped_images") == len(victims["test"])

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import tree_digest
 
-from ._support import REPO, tiny_sets, tree_digest
+from ._support import REPO, tiny_sets
 
 pytestmark = pytest.mark.faults
 

@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 import pytest
+from tests.helpers import tree_digest
 
 from personsearch.errors import InputError
 from personsearch.io import RunLock
 
-from ._support import assert_input_error, invoke, tree_digest
+from ._support import assert_input_error, invoke
 
 pytestmark = pytest.mark.faults
 
@@ -89,18 +90,18 @@ def test_racing_processes_get_the_lock_one_at_a_time(tmp_path, dead_pid, start):
     assert sorted(outputs) == ["held", "refused", "refused", "refused"], outputs
 
 
-def test_train_refuses_a_run_another_process_is_writing(tiny_run, tmp_path, live_pid):
+def test_train_refuses_a_run_another_process_is_writing(trained_run, tmp_path, live_pid):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     (run / ".lock").write_text(str(live_pid))
     before = tree_digest(run)
     assert_input_error(invoke("--quiet", "train", "--resume", run), "in use", str(live_pid))
     assert tree_digest(run) == before
 
 
-def test_train_takes_over_a_stale_run_lock(tiny_run, tmp_path, dead_pid):
+def test_train_takes_over_a_stale_run_lock(trained_run, tmp_path, dead_pid):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     (run / ".lock").write_text(str(dead_pid))
     result = invoke("--quiet", "train", "--resume", run, "--max-steps", "3", "--json")
     assert result.exit_code == 0, result.output

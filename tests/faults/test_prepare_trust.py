@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import tree_digest
 
-from ._support import REPO, assert_input_error, invoke, tree_digest
+from ._support import REPO, assert_input_error, invoke
 from ._support import raw_entries as _entries
 
 pytestmark = pytest.mark.faults
@@ -464,7 +465,7 @@ def test_a_damaged_prepared_dataset_is_one_message_naming_the_file(prepared_tiny
 
 
 @pytest.mark.parametrize("case", ["pid-text", "id-5000-digits", "path-dotdot", "tokens-out-of-vocab"])
-def test_train_eval_and_export_refuse_a_damaged_prepared_dataset(prepared_tiny, tiny_run, tmp_path, case):
+def test_train_eval_and_export_refuse_a_damaged_prepared_dataset(prepared_tiny, trained_run, tmp_path, case):
     from ._support import tiny_sets
 
     copy, culprit = _damaged_copy(prepared_tiny, tmp_path, case)
@@ -472,8 +473,8 @@ def test_train_eval_and_export_refuse_a_damaged_prepared_dataset(prepared_tiny, 
     train = invoke("train", "--data", copy, "--name", "r", *tiny_sets(f"runtime.output_dir={tmp_path / 'runs'}"))
     damaged = "this prepared dataset is damaged"
     assert_input_error(train, damaged, culprit)
-    assert_input_error(invoke("eval", tiny_run, "--data", copy, "--device", "cpu"), damaged, culprit)
-    export = invoke("export", tiny_run, "--data", copy, "--split", "test", "--out", tmp_path / "index")
+    assert_input_error(invoke("eval", trained_run, "--data", copy, "--device", "cpu"), damaged, culprit)
+    export = invoke("export", trained_run, "--data", copy, "--split", "test", "--out", tmp_path / "index")
     assert_input_error(export, damaged, culprit)
     assert tree_digest(copy) == before
     assert not (tmp_path / "index").exists()

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from tests._raw_datasets import standard_records, write_image, write_raw
-from tests.faults._support import REPO, assert_input_error, invoke, tiny_sets, tree_digest
+from tests.faults._support import REPO, assert_input_error, invoke, tiny_sets
+from tests.helpers import tree_digest
 
 
 def _raw(tmp_path: Path, fmt: str = "CUHK-PEDES") -> Path:

@@ -9,20 +9,23 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.faults._support import assert_input_error, invoke, tiny_sets, tree_digest
+from tests.faults._support import assert_input_error, invoke, tiny_sets
+from tests.helpers import TRAINED_RUN_SETS, tree_digest
 
 from personsearch.errors import InputError
 from personsearch.io import RunLock, write_owner_marker
 
 
-def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+def _copy_run(trained_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "copy"
-    shutil.copytree(tiny_run, run, symlinks=True)
+    shutil.copytree(trained_run, run, symlinks=True)
     return run
 
 
 def _resume(run: Path, prepared: Path, *extra: str):  # noqa: ANN202
-    return invoke("train", "--resume", run, "--data", prepared, *tiny_sets(), "--max-steps", "3", *extra)
+    """Resume a copy of ``trained_run`` with the settings it was trained with."""
+    return invoke("train", "--resume", run, "--data", prepared, *tiny_sets(*TRAINED_RUN_SETS), "--max-steps", "3",
+                  *extra)
 
 
 # ------------------------------------------------------------------ the lock file
@@ -61,8 +64,8 @@ def test_lock_with_a_huge_pid_file_is_read_bounded(tmp_path):
     assert not (run / ".lock").exists()
 
 
-def test_resume_through_the_cli_with_a_lock_symlink(tiny_run, prepared_tiny, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
+def test_resume_through_the_cli_with_a_lock_symlink(trained_run, prepared_tiny, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
     precious = tmp_path / "precious.txt"
     precious.write_text("mine\n")
     (run / ".lock").symlink_to(precious)
@@ -77,10 +80,10 @@ def test_resume_through_the_cli_with_a_lock_symlink(tiny_run, prepared_tiny, tmp
 
 
 @pytest.mark.parametrize("name", ["log.txt", "metrics.jsonl", "checkpoints"])
-def test_resume_refuses_a_run_file_replaced_by_a_symlink(tiny_run, prepared_tiny, tmp_path, name):
+def test_resume_refuses_a_run_file_replaced_by_a_symlink(trained_run, prepared_tiny, tmp_path, name):
     """log.txt / metrics.jsonl were appended through a link (changing a user's file outside the run);
     checkpoints/ through a link received new weights and had its state folders pruned."""
-    run = _copy_run(tiny_run, tmp_path)
+    run = _copy_run(trained_run, tmp_path)
     outside = tmp_path / f"outside-{name}"
     if not (run / name).exists():
         (run / name).write_text("the user's own text\n")
@@ -92,8 +95,8 @@ def test_resume_refuses_a_run_file_replaced_by_a_symlink(tiny_run, prepared_tiny
     assert tree_digest(run) == before_run and tree_digest(outside) == before_outside
 
 
-def test_resume_refuses_a_metrics_fifo_instead_of_hanging(tiny_run, prepared_tiny, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
+def test_resume_refuses_a_metrics_fifo_instead_of_hanging(trained_run, prepared_tiny, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
     (run / "metrics.jsonl").unlink()
     os.mkfifo(run / "metrics.jsonl")
     assert_input_error(_resume(run, prepared_tiny), "metrics.jsonl", "not a regular file")
@@ -209,10 +212,10 @@ def test_nproc_out_of_range_is_refused(prepared_tiny, tmp_path, nproc):
 # ------------------------------------------------------------------ checkpoints leave no temp links
 
 
-def test_training_leaves_no_temporary_weight_links(tiny_run):
+def test_training_leaves_no_temporary_weight_links(trained_run):
     """Re-linking best.safetensors to the file it already was left `.best.safetensors.PID.tmp`
     behind (a rename between two links of one file does nothing), keeping pruned weights on disk."""
-    leftovers = [p.name for p in (tiny_run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in (trained_run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 
 

@@ -12,16 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import tree_digest
 
-from ._support import REPO, assert_input_error, invoke, tree_digest
+from ._support import REPO, assert_input_error, invoke
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture(scope="module")
-def index(tiny_run: Path, prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def index(trained_run: Path, prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("redteam-index") / "index"
-    result = invoke("--quiet", "export", tiny_run, "--data", prepared_tiny, "--split", "test", "--out", out,
+    result = invoke("--quiet", "export", trained_run, "--data", prepared_tiny, "--split", "test", "--out", out,
                     "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     return out
@@ -37,18 +38,18 @@ def _cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------ markup and terminal escapes
 
 
-def test_export_to_a_path_holding_markup_prints_it_literally(tiny_run, prepared_tiny, tmp_path):
+def test_export_to_a_path_holding_markup_prints_it_literally(trained_run, prepared_tiny, tmp_path):
     (tmp_path / "x[").mkdir()
     out = tmp_path / "x[" / "]idx"  # the path reads "x[/]idx": a closing tag with nothing to close
-    result = invoke("--quiet", "export", tiny_run, "--data", prepared_tiny, "--split", "test", "--out", out,
+    result = invoke("--quiet", "export", trained_run, "--data", prepared_tiny, "--split", "test", "--out", out,
                     "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "x[/]idx" in result.stdout and "MarkupError" not in result.output
 
 
-def test_eval_of_a_run_named_with_markup_shows_the_name_and_writes_the_sheet(tiny_run, prepared_tiny, tmp_path):
+def test_eval_of_a_run_named_with_markup_shows_the_name_and_writes_the_sheet(trained_run, prepared_tiny, tmp_path):
     run = tmp_path / "t[red]"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     (tmp_path / "s[").mkdir()
     sheet = tmp_path / "s[" / "]sheet.png"
     result = invoke("eval", run, "--data", prepared_tiny, "--device", "cpu", "--sheet", sheet)
@@ -106,21 +107,21 @@ def test_too_many_results_are_refused_before_encoding(index):
 # --------------------------------------------------------------------------- sheets over inputs
 
 
-def test_query_sheet_never_replaces_a_gallery_image_or_the_weights(index, tiny_run, prepared_tiny, tmp_path):
+def test_query_sheet_never_replaces_a_gallery_image_or_the_weights(index, trained_run, prepared_tiny, tmp_path):
     from personsearch.retrieval.index import GalleryIndex
 
     gallery = GalleryIndex.open(index)
     image = gallery.image_path(0)
-    weights = tiny_run / "checkpoints" / "best.safetensors"
-    before = tree_digest(gallery.image_root), tree_digest(tiny_run)
-    for target in (image, weights, tiny_run / "config.yaml"):
+    weights = trained_run / "checkpoints" / "best.safetensors"
+    before = tree_digest(gallery.image_root), tree_digest(trained_run)
+    for target in (image, weights, trained_run / "config.yaml"):
         assert_input_error(invoke("query", "woman", "--index", index, "--sheet", target), "--sheet")
-    assert (tree_digest(gallery.image_root), tree_digest(tiny_run)) == before
+    assert (tree_digest(gallery.image_root), tree_digest(trained_run)) == before
 
 
-def test_eval_sheet_never_replaces_the_dataset_or_the_run(tiny_run, prepared_tiny, tmp_path):
+def test_eval_sheet_never_replaces_the_dataset_or_the_run(trained_run, prepared_tiny, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     data = tmp_path / "prepared"
     shutil.copytree(prepared_tiny, data)
     before = tree_digest(data), tree_digest(run / "checkpoints"), (run / "config.yaml").read_bytes()
@@ -225,19 +226,19 @@ def test_irra_configs_python_tuple_still_loads(tmp_path):
 # ------------------------------------------------------------ outputs beside inputs and user files
 
 
-def test_a_marked_index_holding_a_user_file_is_not_replaced(index, tiny_run, prepared_tiny, tmp_path):
+def test_a_marked_index_holding_a_user_file_is_not_replaced(index, trained_run, prepared_tiny, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(index, copy)
     (copy / "notes.txt").write_text("mine")
     before = tree_digest(copy)
     for extra in ([], ["--append"]):
-        result = invoke("export", tiny_run, "--data", prepared_tiny, "--split", "test", "--out", copy, *extra)
+        result = invoke("export", trained_run, "--data", prepared_tiny, "--split", "test", "--out", copy, *extra)
         assert_input_error(result, "notes.txt", "did not write")
         assert tree_digest(copy) == before
 
 
 @pytest.mark.parametrize("where", ["inside", "same", "around"])
-def test_export_never_writes_into_or_around_its_gallery(tiny_run, tmp_path, where):
+def test_export_never_writes_into_or_around_its_gallery(trained_run, tmp_path, where):
     from PIL import Image
 
     gallery = tmp_path / "gallery" / "cam0"
@@ -245,16 +246,16 @@ def test_export_never_writes_into_or_around_its_gallery(tiny_run, tmp_path, wher
     Image.new("RGB", (32, 64), "red").save(gallery / "a.jpg")
     out = {"inside": gallery / "index", "same": gallery, "around": tmp_path / "gallery"}[where]
     before = tree_digest(tmp_path / "gallery")
-    result = invoke("export", tiny_run, "--images", gallery, "--out", out)
+    result = invoke("export", trained_run, "--images", gallery, "--out", out)
     assert_input_error(result, "input folder")
     assert tree_digest(tmp_path / "gallery") == before
 
 
-def test_export_never_writes_into_the_prepared_dataset(tiny_run, prepared_tiny, tmp_path):
+def test_export_never_writes_into_the_prepared_dataset(trained_run, prepared_tiny, tmp_path):
     prepared = tmp_path / "prep"
     shutil.copytree(prepared_tiny, prepared)
     before = tree_digest(prepared)
-    result = invoke("export", tiny_run, "--data", prepared, "--split", "test", "--out", prepared / "index")
+    result = invoke("export", trained_run, "--data", prepared, "--split", "test", "--out", prepared / "index")
     assert_input_error(result, "input folder")
     assert tree_digest(prepared) == before
 

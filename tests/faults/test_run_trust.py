@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import tree_digest
 
-from ._support import REPO, assert_input_error, invoke, tiny_sets, tree_digest
+from ._support import REPO, assert_input_error, invoke, tiny_sets
 
 pytestmark = pytest.mark.faults
 
@@ -301,7 +302,7 @@ def test_demo_refuses_an_unwritable_out(tmp_path):
 
 
 def test_an_epoch_whose_images_are_all_unreadable_fails_clearly(raw_copy, tmp_path):
-    from tests.conftest import TINY_SETS
+    from tests.helpers import TINY_SETS
 
     from personsearch.data import prepare_dataset
     from personsearch.engine.train import train

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tests.helpers import tree_digest
 
-from ._support import assert_input_error, invoke, tree_digest
+from ._support import assert_input_error, invoke
 from .test_kill_resume import run_cli, run_killed
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture(scope="module")
-def tiny_index(tiny_run: Path, prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_index(trained_run: Path, prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("faults-index") / "index"
-    result = invoke("--quiet", "export", tiny_run, "--data", prepared_tiny, "--split", "test", "--out", out,
+    result = invoke("--quiet", "export", trained_run, "--data", prepared_tiny, "--split", "test", "--out", out,
                     "--json")
     assert result.exit_code == 0, result.output
     return out
@@ -110,13 +111,13 @@ def test_damaged_index_is_detected(tiny_index, tmp_path, damage):
     assert tree_digest(index) == before
 
 
-def test_index_of_another_model_is_refused(tiny_index, tiny_run, tmp_path):
+def test_index_of_another_model_is_refused(tiny_index, trained_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from personsearch.io import sha256_file
 
     other = tmp_path / "other-run"
-    shutil.copytree(tiny_run, other)
+    shutil.copytree(trained_run, other)
     for tag in ("best", "last"):
         weights = other / "checkpoints" / f"{tag}.safetensors"
         tensors = load_file(str(weights))
@@ -132,7 +133,7 @@ def test_index_of_another_model_is_refused(tiny_index, tiny_run, tmp_path):
     assert_input_error(result, "model")
 
 
-def test_export_skips_unreadable_and_outside_files(tiny_run, tmp_path):
+def test_export_skips_unreadable_and_outside_files(trained_run, tmp_path):
     gallery = tmp_path / "gallery"
     (gallery / "cam1").mkdir(parents=True)
     for i in range(3):
@@ -143,7 +144,7 @@ def test_export_skips_unreadable_and_outside_files(tiny_run, tmp_path):
     Image.new("RGB", (32, 64)).save(outside)
     (gallery / "cam1" / "link.png").symlink_to(outside)
     before = tree_digest(gallery)
-    result = invoke("--quiet", "export", tiny_run, "--images", gallery, "--out", tmp_path / "index", "--json")
+    result = invoke("--quiet", "export", trained_run, "--images", gallery, "--out", tmp_path / "index", "--json")
     assert result.exit_code == 0, result.output
     from personsearch.retrieval.index import GalleryIndex
 
@@ -152,12 +153,12 @@ def test_export_skips_unreadable_and_outside_files(tiny_run, tmp_path):
     assert tree_digest(gallery) == before
 
 
-def test_export_refuses_to_replace_a_folder_that_is_not_an_index(tiny_run, prepared_tiny, tmp_path):
+def test_export_refuses_to_replace_a_folder_that_is_not_an_index(trained_run, prepared_tiny, tmp_path):
     precious = tmp_path / "photos"
     precious.mkdir()
     (precious / "holiday.txt").write_text("keep me")
     before = tree_digest(precious)
-    result = invoke("--quiet", "export", tiny_run, "--data", prepared_tiny, "--split", "test", "--out", precious)
+    result = invoke("--quiet", "export", trained_run, "--data", prepared_tiny, "--split", "test", "--out", precious)
     assert_input_error(result, "photos")
     assert tree_digest(precious) == before
 
@@ -172,7 +173,7 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_index(tiny_run, prepa
     ids=["after-shard", "before-header"],
 )
 def test_append_killed_leaves_the_index_as_it_was_and_a_rerun_completes(
-    tiny_run, tmp_path, spec, after, when
+    trained_run, tmp_path, spec, after, when
 ):
     from personsearch.retrieval.index import GalleryIndex
 
@@ -181,7 +182,7 @@ def test_append_killed_leaves_the_index_as_it_was_and_a_rerun_completes(
     for i in range(3):
         Image.new("RGB", (32, 64), (60 * i, 90, 30)).save(gallery / f"a{i}.jpg")
     index = tmp_path / "index"
-    export = ("--quiet", "export", tiny_run, "--images", gallery, "--out", index, "--json")
+    export = ("--quiet", "export", trained_run, "--images", gallery, "--out", index, "--json")
     run_cli(*export)
     good = tree_digest(index)
     for i in range(2):
@@ -197,7 +198,7 @@ def test_append_killed_leaves_the_index_as_it_was_and_a_rerun_completes(
 
 
 @pytest.mark.slow
-def test_export_killed_keeps_the_previous_index(tiny_run, tmp_path):
+def test_export_killed_keeps_the_previous_index(trained_run, tmp_path):
     from personsearch.retrieval.index import GalleryIndex
 
     gallery = tmp_path / "gallery"
@@ -205,7 +206,7 @@ def test_export_killed_keeps_the_previous_index(tiny_run, tmp_path):
     for i in range(3):
         Image.new("RGB", (32, 64), (60 * i, 90, 30)).save(gallery / f"a{i}.jpg")
     index = tmp_path / "index"
-    export = ("--quiet", "export", tiny_run, "--images", gallery, "--out", index, "--json")
+    export = ("--quiet", "export", trained_run, "--images", gallery, "--out", index, "--json")
     run_cli(*export)
     good = tree_digest(index)
     Image.new("RGB", (32, 64), "red").save(gallery / "new.jpg")

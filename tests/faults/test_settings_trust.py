@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
+from tests.helpers import tree_digest
 
 from personsearch.errors import InputError
 from personsearch.settings import Settings, resolve_settings
 
-from ._support import assert_input_error, invoke, tiny_sets, tree_digest
+from ._support import assert_input_error, invoke, tiny_sets
 
 pytestmark = pytest.mark.faults
 

@@ -16,23 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import TINY_ARCH, TINY_IMAGE_SIZE, tree_digest
 
 from personsearch.errors import InputError
 
-from ._support import assert_input_error, invoke, tiny_sets, tree_digest
+from ._support import assert_input_error, invoke, tiny_sets
 
 pytestmark = pytest.mark.faults
-
-TINY = dict(embed_dim=32, vision_width=64, vision_layers=1, vision_heads=1, patch_size=8,
-            text_width=64, text_layers=2, text_heads=1)
-SIZE = (32, 16)
 
 
 def _tiny_clip(seed: int = 0):
     from personsearch.model import build_clip
 
     torch.manual_seed(seed)
-    return build_clip(TINY, image_size=SIZE, stride=8, context_length=16).eval()
+    return build_clip(TINY_ARCH, image_size=TINY_IMAGE_SIZE, stride=8, context_length=16).eval()
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +40,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     ids[0, 4] = 49407
     ids[1, 1:6] = torch.arange(400, 405)
     ids[1, 6] = 49407
-    return torch.randn(2, 3, *SIZE, generator=generator), ids
+    return torch.randn(2, 3, *TINY_IMAGE_SIZE, generator=generator), ids
 
 
 def _scriptable(model):  # noqa: ANN001, ANN202
@@ -113,7 +110,7 @@ def test_torchscript_tensors_are_bit_identical_to_torch_jit_load(tmp_path, kind,
             tensor.dtype, tensor.shape, tensor.stride(), tensor.storage_offset()), name
         assert torch.equal(_bits(mine), _bits(tensor)), name
     assert got["visual.proj"].dtype == (torch.float16 if half else torch.float32)
-    loaded = load_clip(path, image_size=SIZE, stride=8)
+    loaded = load_clip(path, image_size=TINY_IMAGE_SIZE, stride=8)
     images, ids = _inputs()
     with torch.no_grad():
         if half:
@@ -306,7 +303,7 @@ def test_archive_that_calls_code_is_refused_naming_the_call_and_nothing_runs(tmp
     path = _archive(tmp_path / "evil.pt", _MALICIOUS[case](marker))
     before = tree_digest(path)
     with pytest.raises(InputError) as caught:
-        load_clip(path, image_size=SIZE, stride=8)
+        load_clip(path, image_size=TINY_IMAGE_SIZE, stride=8)
     message = str(caught.value)
     assert "evil.pt" in message and _SAYS.get(case, case) in message and "truncated" not in message
     assert not marker.exists(), "loading the archive ran its code"
@@ -485,7 +482,7 @@ def test_hostile_safetensors_header_is_refused_before_the_loader_runs(tmp_path, 
     real = safetensors.torch.load_file
     monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: calls.append(a) or real(*a, **k))
     with pytest.raises(InputError) as caught:
-        load_clip(path, image_size=SIZE, stride=8)
+        load_clip(path, image_size=TINY_IMAGE_SIZE, stride=8)
     assert "weights.safetensors" in str(caught.value)
     assert not calls, "safetensors' loader ran on an unchecked header"
 
@@ -508,9 +505,9 @@ def test_valid_safetensors_still_loads_and_state_files_are_checked_too(tmp_path,
 # integrity: a run's weights replaced behind its back are refused
 
 
-def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+def _run_copy(trained_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(trained_run, run)
     return run
 
 
@@ -534,12 +531,11 @@ def _replace_weights(path: Path, how: str = "other") -> None:
 
 
 @pytest.mark.parametrize("how", ["other", "flip"])
-def test_replaced_weights_are_refused_by_every_reader(tiny_run, tmp_path, how):
-    from personsearch.engine.state import read_weights_meta
+def test_replaced_weights_are_refused_by_every_reader(trained_run, tmp_path, how):
     from personsearch.model import load_clip
-    from personsearch.runs import load_trained
+    from personsearch.runs import load_trained, read_weights_meta
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     folder = run / "checkpoints"
     for tag in ("best", "last"):
         if (folder / f"{tag}.safetensors").exists():
@@ -557,10 +553,10 @@ def test_replaced_weights_are_refused_by_every_reader(tiny_run, tmp_path, how):
     assert tree_digest(run) == before
 
 
-def test_replaced_state_weights_are_refused_on_resume(tiny_run, tmp_path):
+def test_replaced_state_weights_are_refused_on_resume(trained_run, tmp_path):
     from personsearch.engine.state import load_training_state
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     checkpoint = load_training_state(run)
     assert checkpoint is not None and checkpoint.meta.get("weights_sha256")
     _replace_weights(checkpoint.path / "model.safetensors")
@@ -571,11 +567,11 @@ def test_replaced_state_weights_are_refused_on_resume(tiny_run, tmp_path):
     assert tree_digest(run) == before
 
 
-def test_verification_is_cached_per_file_version(tiny_run, tmp_path, monkeypatch):
-    from personsearch.engine.state import read_weights_meta
+def test_verification_is_cached_per_file_version(trained_run, tmp_path, monkeypatch):
     from personsearch.model import weights_trust
+    from personsearch.runs import read_weights_meta
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     hashed = []
     real = weights_trust.hashlib.sha256
     monkeypatch.setattr(weights_trust.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
@@ -599,6 +595,7 @@ def _linear_state():  # noqa: ANN202
 def test_save_killed_between_record_and_weights_is_refused_then_completed_by_the_trainer(tmp_path, monkeypatch):
     """Killed after best.json named the new state folder, before best.safetensors was linked to it:
     readers refuse the pair (never guessing), the next save of the trainer completes it."""
+    from personsearch import runs
     from personsearch.engine import state
 
     run = tmp_path / "run"
@@ -620,17 +617,17 @@ def test_save_killed_between_record_and_weights_is_refused_then_completed_by_the
     folder = run / "checkpoints"
     assert json.loads((folder / "best.json").read_text())["state"] == "state-00000002"
     with pytest.raises(InputError, match="best.safetensors does not match .*train --resume"):
-        state.read_weights_meta(run, "best")
+        runs.read_weights_meta(run, "best")
     state.save_training_state(run, model, optimizer, {"epoch": 3, "step": 3, "scheduler": {}}, best=False)
-    weights, meta = state.read_weights_meta(run, "best")
+    weights, meta = runs.read_weights_meta(run, "best")
     assert meta["state"] == "state-00000002"
     assert torch.equal(state._load_tensors(weights)["weight"], model.weight.detach())
 
 
-def test_weights_replaced_while_being_read_are_refused(tiny_run, tmp_path, monkeypatch):
+def test_weights_replaced_while_being_read_are_refused(trained_run, tmp_path, monkeypatch):
     from personsearch.model import checkpoints, load_clip
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     real = checkpoints.read_weights_file
 
     def read_then_replace(path: Path):  # noqa: ANN202
@@ -696,10 +693,10 @@ _BAD_RECORDS = {
 
 
 @pytest.mark.parametrize("case", list(_BAD_RECORDS))
-def test_damaged_weights_record_is_named(tiny_run, tmp_path, case):
-    from personsearch.engine.state import read_weights_meta
+def test_damaged_weights_record_is_named(trained_run, tmp_path, case):
+    from personsearch.runs import read_weights_meta
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     folder = run / "checkpoints"
     for tag in ("best", "last"):
         if (folder / f"{tag}.json").exists():
@@ -712,11 +709,11 @@ def test_damaged_weights_record_is_named(tiny_run, tmp_path, case):
     assert tree_digest(run) == before
 
 
-def test_weights_without_their_record_and_record_without_weights_are_named(tiny_run, tmp_path):
-    from personsearch.engine.state import read_weights_meta
+def test_weights_without_their_record_and_record_without_weights_are_named(trained_run, tmp_path):
     from personsearch.model import load_clip
+    from personsearch.runs import read_weights_meta
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     folder = run / "checkpoints"
     tag = "best" if (folder / "best.json").exists() else "last"
     (folder / f"{tag}.json").rename(tmp_path / "record.json")
@@ -747,10 +744,10 @@ _BAD_STATES = {
 
 
 @pytest.mark.parametrize("case", list(_BAD_STATES))
-def test_damaged_state_json_is_named_with_how_to_recover(tiny_run, tmp_path, case):
+def test_damaged_state_json_is_named_with_how_to_recover(trained_run, tmp_path, case):
     from personsearch.engine.state import load_training_state
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     state_json = next((run / "checkpoints").glob("state-*")) / "state.json"
     _BAD_STATES[case](state_json)
     with pytest.raises(InputError, match=r"checkpoint is damaged: .*state-\d+/state.json") as caught:
@@ -761,12 +758,12 @@ def test_damaged_state_json_is_named_with_how_to_recover(tiny_run, tmp_path, cas
     assert tree_digest(run) == before
 
 
-def test_optimizer_tensor_with_a_foreign_name_is_named(tiny_run, tmp_path):
+def test_optimizer_tensor_with_a_foreign_name_is_named(trained_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from personsearch.engine.state import load_training_state
 
-    run = _run_copy(tiny_run, tmp_path)
+    run = _run_copy(trained_run, tmp_path)
     checkpoint = load_training_state(run)
     path = checkpoint.path / "optimizer.safetensors"
     tensors = load_file(str(path))
@@ -778,9 +775,9 @@ def test_optimizer_tensor_with_a_foreign_name_is_named(tiny_run, tmp_path):
         checkpoint.optimizer_state(template)
 
 
-def test_sha256_of_the_recorded_weights_matches_the_file(tiny_run):
+def test_sha256_of_the_recorded_weights_matches_the_file(trained_run):
     """The record the checks rely on: state.json and last.json hold the hash of the saved weights."""
-    folder = tiny_run / "checkpoints"
+    folder = trained_run / "checkpoints"
     state_dir = next(folder.glob("state-*"))
     digest = hashlib.sha256((state_dir / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((state_dir / "state.json").read_text())["weights_sha256"] == digest

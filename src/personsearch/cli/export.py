@@ -10,7 +10,6 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout, terminal_safe
-from personsearch.errors import InputError
 
 
 def export(
@@ -47,47 +46,15 @@ def export(
     """Embed every image of a folder (or a prepared split) into a searchable index."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from personsearch.accel import check_precision, resolve_device
-    from personsearch.retrieval.export import check_out, export_images
-    from personsearch.runs import load_trained
+    from personsearch.retrieval.export import export_run
 
-    if (images is None) == (data is None):
-        raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
-    if data is not None and split is None:
-        raise InputError("--data needs --split (train, val or test)")
-    if images is not None and split is not None:
-        raise InputError("--split applies to --data only")
-    # A foreign, unwritable or input-overlapping --out is refused before the model loads.
-    check_out(out, append, [images, data])
-    torch_device = resolve_device(device)
-    check_precision(precision, torch_device)
-    model = load_trained(run)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=state.quiet or json_,
-    ) as progress:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                  TimeRemainingColumn(), console=stderr, disable=state.quiet or json_) as progress:
         task = progress.add_task("embedding", total=None)
-        report = export_images(
-            model,
-            out,
-            images=images,
-            prepared=data,
-            split=split,
-            append=append,
-            batch_size=batch_size,
-            precision=precision,
-            device=torch_device,
-            workers=workers if workers is not None else model.settings.data.workers,
-            faiss=faiss,
-            nprobe=nprobe,
-            on_total=lambda n: progress.update(task, total=n),
-            progress=lambda n: progress.advance(task, n),
-        )
+        report = export_run(run, out, images=images, data=data, split=split, append=append, device=device,
+                            workers=workers, batch_size=batch_size, precision=precision, faiss=faiss, nprobe=nprobe,
+                            on_total=lambda n: progress.update(task, total=n),
+                            progress=lambda n: progress.advance(task, n))
     if json_:
         print_json(report.to_json())
         return

@@ -3,7 +3,6 @@ its prepared form."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -72,56 +71,23 @@ def prepare(
             raise InputError("--root is required: the raw dataset folder", hint="e.g. --root data/CUHK-PEDES")
         if out is None and not check:
             raise InputError("--out is required (or --check to only validate)")
-        dataset, raw = name, root
+        report = prepare_dataset(name, root, out, strict=strict, verify=verify, workers=workers, check_only=check)
     else:
         try:
-            from personsearch.data import synthetic as synthetic_data
+            from personsearch.data.synthetic.prepare import prepare_synthetic
         except ImportError as exc:
             raise RunFailure(f"the synthetic dataset generator is not available ({exc})") from None
-        from personsearch.data.prepared import check_output
-
         if out is None:
             raise InputError("--out is required for `prepare synthetic`")
-        raw = root if root is not None else out / "raw"
-        # Every refusal before the drawing, which takes minutes at full size.
-        synthetic_data.check_raw_target(raw, "--root" if root is not None else "--out (its raw/ folder)")
-        if not check:
-            check_output(out, raw, synthetic_raw=True)
-        if preview is not None:
-            _check_preview(preview, out, raw)
         quiet = common.state.quiet or json_
-        status = contextlib.nullcontext() if quiet else common.stderr.status("drawing the synthetic dataset")
-        with status:
-            synthetic_data.generate_raw_dataset(raw, ids if ids is not None else 800, seed or 0, workers)
-        dataset = "CUHK-PEDES"
-
-    report = prepare_dataset(
-        dataset, raw, out, strict=strict, verify=verify, workers=workers, check_only=check
-    )
-    if synthetic and preview is not None:
-        synthetic_data.write_preview(raw, preview, seed or 0)  # after prepare: never inside what it swaps
+        report = prepare_synthetic(
+            out, root=root, ids=ids if ids is not None else 800, seed=seed or 0, workers=workers, strict=strict,
+            verify=verify, check_only=check, preview=preview,
+            drawing=None if quiet else lambda: common.stderr.status("drawing the synthetic dataset"))
     if json_:
         common.print_json(report.to_json())
         return
     _render(report, check)
-
-
-def _check_preview(preview: Path, out: Path, raw: Path) -> None:
-    """Refuse, before drawing, a --preview that is a folder or would overwrite what this command
-    writes (the prepared dataset, the raw dataset: e.g. ``--preview OUT/manifest.json``)."""
-    from personsearch.io import ensure_writable
-
-    ensure_writable(preview, "--preview", folder=False)
-    target = preview.expanduser().resolve()
-    if target.is_dir():
-        raise InputError(f"--preview {preview} is a folder", hint="give the name of a PNG file to write")
-    for option, folder in (("--out", out), ("--root", raw)):
-        inside = folder.expanduser().resolve()
-        if target == inside or target.is_relative_to(inside):
-            raise InputError(
-                f"--preview {preview} lies inside {option} {folder}, which this command writes",
-                hint="write the contact sheet outside the dataset folders; nothing was changed",
-            )
 
 
 def _render(report, check: bool) -> None:  # noqa: ANN001

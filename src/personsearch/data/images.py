@@ -24,7 +24,7 @@ NOT_REGULAR = "not a regular file (a FIFO, socket, device or folder); left unrea
 _NOT_UTF8 = "name is not valid UTF-8 text; rename it to index it"
 
 
-def shown(path: str) -> str:
+def printable_path(path: str) -> str:
     """``path`` as valid text for reports and JSON: an undecodable byte becomes U+FFFD."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
@@ -47,7 +47,8 @@ def check_image_root(root: Path, of: str | Path | None = None) -> None:
     """Refuse an image folder (``of``: the prepared dataset it belongs to) whose name the index
     could not record as text."""
     if not is_utf8(str(root)):
-        named = f"the image folder {shown(str(root))} of {of}" if of is not None else f"image folder {shown(str(root))}"
+        folder = printable_path(str(root))
+        named = f"the image folder {folder} of {of}" if of is not None else f"image folder {folder}"
         raise InputError(
             f"{named} has a name that is not valid UTF-8 text",
             hint="rename it (the index records the image folder as text)",
@@ -64,7 +65,8 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
     """
     root = Path(os.path.abspath(root))
     if not root.is_dir():
-        raise InputError(f"image folder not found: {shown(str(root))}", hint="pass --images DIR, a folder of images")
+        raise InputError(f"image folder not found: {printable_path(str(root))}",
+                         hint="pass --images DIR, a folder of images")
     check_image_root(root)
     real_root = os.path.realpath(root)
     found: list[tuple[str, Path]] = []
@@ -73,7 +75,7 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
 
     def walk_error(exc: OSError) -> None:
         where = os.path.relpath(exc.filename, root) if exc.filename else "?"
-        skipped.append((shown(Path(where).as_posix()), f"cannot list folder: {exc.strerror or exc}"))
+        skipped.append((printable_path(Path(where).as_posix()), f"cannot list folder: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=walk_error):
         base = Path(folder)
@@ -82,7 +84,7 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
             full = base / name
             rel = full.relative_to(root).as_posix()
             if not is_utf8(name):
-                skipped.append((shown(rel) + "/", f"folder {_NOT_UTF8}"))
+                skipped.append((printable_path(rel) + "/", f"folder {_NOT_UTF8}"))
                 continue
             real = os.path.realpath(full)
             if not is_inside(real, real_root):
@@ -99,7 +101,7 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
             full = base / name
             rel = full.relative_to(root).as_posix()
             if not is_utf8(name):
-                skipped.append((shown(rel), f"file {_NOT_UTF8}"))
+                skipped.append((printable_path(rel), f"file {_NOT_UTF8}"))
                 continue
             _, reason = inspect_image(full, real_root, parents_inside=True)
             if reason is not None:
@@ -141,5 +143,5 @@ __all__ = [
     "inspect_image",
     "is_inside",
     "is_utf8",
-    "shown",
+    "printable_path",
 ]

@@ -13,7 +13,7 @@ from personsearch.engine.progress import TrainingProgress
 from personsearch.engine.state import Checkpoint, load_training_state
 from personsearch.errors import InputError
 from personsearch.io import atomic_write_text
-from personsearch.runs import CONFIG_FILE, METRICS_FILE, load_run_settings, setup_logging
+from personsearch.runs import CONFIG_FILE, METRICS_FILE, checkpoint_dir, load_run_settings, setup_logging
 from personsearch.settings import Settings
 
 log = logging.getLogger("personsearch.engine.train")  # the trainer's name in log.txt
@@ -79,7 +79,7 @@ def check_resume(run_dir: Path, settings: Settings, prepared: Any) -> Checkpoint
                          hint="resume with the run's settings, or start a new run with --name")
     checkpoint = load_training_state(run_dir)
     if checkpoint is None:
-        folder = run_dir / "checkpoints"
+        folder = checkpoint_dir(run_dir)
         names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
         if names:  # weights were saved but no state can be read: starting over would overwrite them
             raise InputError(f"cannot resume {run_dir}: it holds checkpoints ({', '.join(names[:4])}) but no "

@@ -16,44 +16,17 @@ from personsearch.engine.evaluate import evaluate_split
 from personsearch.engine.metrics_log import MetricsLog
 from personsearch.engine.progress import TrainingProgress
 from personsearch.engine.reports import TrainCallbacks
-from personsearch.engine.state import Checkpoint, read_weights_meta, record_evaluation
+from personsearch.engine.splits import check_eval_split, selection_split  # noqa: F401 (re-exported)
+from personsearch.engine.state import Checkpoint, record_evaluation
 from personsearch.engine.stopping import StopSignals, StopTraining
 from personsearch.errors import InputError, RunFailure
 from personsearch.model.weights_trust import load_safetensors
-from personsearch.settings import Settings
+from personsearch.runs import read_weights_meta
 
 if TYPE_CHECKING:
     from personsearch.engine.setup import TrainingSetup
 
 log = logging.getLogger("personsearch.engine.train")  # the trainer's name in log.txt
-
-
-def selection_split(prepared: Any, settings: Settings) -> str:
-    """The split evaluated after each epoch to pick the best checkpoint (eval.select_on); ``val``
-    falls back to ``test``, with a warning, where the dataset has no val split (ICFG-PEDES)."""
-    wanted = settings.eval.select_on
-    if wanted == "val" and not _has_split(prepared, "val"):
-        log.warning("WARNING: the prepared dataset %s has no val split: the best checkpoint is selected on the "
-                    "TEST split (IRRA's protocol), so its test metrics are optimistic; "
-                    "set eval.select_on=test to make this choice explicit", prepared.path)
-        return "test"
-    check_eval_split(prepared, wanted, setting="eval.select_on")
-    return wanted
-
-
-def check_eval_split(prepared: Any, split: str, setting: str = "eval.split") -> None:
-    """Refuse before training, not after the first epoch, when the evaluation split is unusable."""
-    if not _has_split(prepared, split):
-        have = ", ".join(name for name, value in prepared.statistics.items() if value and value.get("images"))
-        raise InputError(
-            f"{setting} = {split!r}: the prepared dataset {prepared.path} has no {split} images or captions",
-            hint=f"choose a split it has ({have or 'none'}) with --set {setting}=...",
-        )
-
-
-def _has_split(prepared: Any, split: str) -> bool:
-    stats = prepared.statistics.get(split) if isinstance(prepared.statistics, dict) else None
-    return bool(stats and stats.get("images") and stats.get("captions"))
 
 
 def update_best(best: dict[str, float], metrics: dict[str, float], epoch: int) -> tuple[dict[str, float], bool]:

@@ -14,7 +14,7 @@ import torch
 from personsearch.accel import check_precision, resolve_device
 from personsearch.engine import dist as distributed
 from personsearch.engine.optim import build_optimizer, build_scheduler
-from personsearch.engine.selection import check_eval_split, selection_split
+from personsearch.engine.splits import check_eval_split, selection_split
 from personsearch.errors import InputError
 from personsearch.io import atomic_write_text
 from personsearch.runs import CONFIG_FILE, check_outside_inputs, check_run_files

@@ -39,8 +39,8 @@ from personsearch.model.weights_trust import (
     file_sha256,
     load_safetensors,
     read_record,
-    run_weights,
 )
+from personsearch.runs import checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ class Checkpoint:
 
     def optimizer_state(self, template: torch.optim.Optimizer) -> dict[str, Any]:
         return _optimizer_from_files(self.path, self.meta["optimizer"], template)
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def _load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -311,18 +307,6 @@ def _check_state_meta(path: Path, meta: dict[str, Any], folder: Path) -> None:
         isinstance(k, str) and k.isdigit() and len(k) <= 9 and isinstance(v, dict) for k, v in scalars.items()
     ):
         raise damaged("has optimizer scalars that are not keyed by parameter index")
-
-
-def read_weights_meta(run_dir: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
-    """The weights file of a run (``best`` falling back to ``last`` when the run has no best yet) and
-    its record, the weights verified against the sha256 the record holds."""
-    folder = checkpoint_dir(run_dir)
-    for tag in (which, "last") if which == "best" else (which,):
-        found = run_weights(folder, tag, required=True)
-        if found is not None:
-            return found
-    raise InputError(f"run {run_dir} has no weights yet (no {which}.safetensors in {folder})",
-                     hint="train it first with `personsearch train`, or pass a run that finished an epoch")
 
 
 def record_evaluation(run_dir: str | Path, checkpoint: Checkpoint, metrics: dict[str, Any],

@@ -29,14 +29,18 @@ from personsearch.accel import autocast, check_precision
 from personsearch.data.datasets import ImageFiles, collate_skipping
 from personsearch.data.images import (
     IMAGE_SUFFIXES,
-    check_image_root,
     discover_images,
-    inspect_image,
     is_utf8,
-    shown,
+    printable_path,
 )
 from personsearch.errors import InputError
 from personsearch.io import RunLock, ensure_replaceable, ensure_writable
+from personsearch.retrieval.gallery_files import (
+    GalleryFiles,
+    describe_files,
+    gallery_from_folder,
+    gallery_from_prepared,
+)
 from personsearch.retrieval.index import (
     INDEX_KIND,
     GalleryIndex,
@@ -45,7 +49,6 @@ from personsearch.retrieval.index import (
     files_to_embed,
     index_file_name,
     is_index_folder,
-    path_problem,
     write_index,
 )
 
@@ -62,7 +65,8 @@ def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path
     prepared dataset, its raw images). Returns True when there is an index there to replace or append to."""
     out = Path(os.path.abspath(out))
     if not is_utf8(str(out)):
-        raise InputError(f"--out {shown(str(out))} is not valid UTF-8 text", hint="choose a path with a UTF-8 name")
+        raise InputError(f"--out {printable_path(str(out))} is not valid UTF-8 text",
+                         hint="choose a path with a UTF-8 name")
     target = out.resolve()
     for folder in inputs:
         if folder is None:
@@ -70,7 +74,7 @@ def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path
         given = Path(folder).resolve()
         if target == given or target.is_relative_to(given) or given.is_relative_to(target):
             raise InputError(
-                f"--out {shown(str(out))} is inside (or holds) the input folder {shown(str(folder))}",
+                f"--out {printable_path(str(out))} is inside (or holds) the input folder {printable_path(str(folder))}",
                 hint="write the index to its own folder: inputs are never written into",
             )
     existing = ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder,
@@ -116,43 +120,6 @@ class ExportReport:
             "shards": self.shards,
             "faiss": self.faiss,
         }
-
-
-@dataclass
-class _Gallery:
-    """The files to consider: absolute paths under ``root`` with identities when known."""
-
-    root: Path
-    files: list[Path]
-    pids: list[int | None]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    source: dict[str, Any] = field(default_factory=dict)
-
-
-def _gallery_from_folder(images: str | Path) -> _Gallery:
-    root = Path(os.path.abspath(images))
-    files, skipped = discover_images(root)
-    return _Gallery(root, files, [None] * len(files), skipped, {"images": str(root)})
-
-
-def _gallery_from_prepared(prepared: Any, split: str) -> _Gallery:
-    from personsearch.data.prepared import PreparedDataset
-
-    if not isinstance(prepared, PreparedDataset):
-        prepared = PreparedDataset.load(prepared)
-    root = Path(os.path.abspath(prepared.raw_root))
-    check_image_root(root, of=prepared.path)
-    seen: set[str] = set()
-    files: list[Path] = []
-    pids: list[int | None] = []
-    for entry in prepared.entries(split):
-        if entry.path in seen:
-            continue
-        seen.add(entry.path)
-        files.append(root / entry.path)
-        pids.append(int(entry.pid))
-    source = {"data": str(prepared.path), "split": split, "data_fingerprint": prepared.fingerprint}
-    return _Gallery(root, files, pids, [], source)
 
 
 class _EntryQueue:
@@ -220,27 +187,6 @@ def _embed_batches(
             progress(done)
 
 
-def _describe(gallery: _Gallery) -> tuple[list[Path], list[IndexEntry]]:
-    """Stat every file now (before it is read); files that vanished, special files and paths that
-    leave the image root (a prepared dataset's entry with '..', a link pointing out) are skipped."""
-    files: list[Path] = []
-    entries: list[IndexEntry] = []
-    real_root = os.path.realpath(gallery.root)
-    for file, pid in zip(gallery.files, gallery.pids, strict=True):
-        rel = Path(os.path.relpath(file, gallery.root)).as_posix()
-        problem = path_problem(rel)
-        if problem is not None:
-            gallery.skipped.append((shown(rel), f"path {problem}: outside the image folder"))
-            continue
-        info, reason = inspect_image(file, real_root, parents_inside=False)
-        if info is None:
-            gallery.skipped.append((rel, reason or "cannot read"))
-            continue
-        files.append(file)
-        entries.append(IndexEntry(rel, pid, info.st_size, info.st_mtime_ns))
-    return files, entries
-
-
 def export_images(
     model: Any,
     out: str | Path,
@@ -297,16 +243,16 @@ def export_images(
         require_faiss()  # a missing package is reported before any embedding
 
     gallery = (
-        _gallery_from_folder(images) if images is not None else _gallery_from_prepared(prepared, split or "")
+        gallery_from_folder(images) if images is not None else gallery_from_prepared(prepared, split or "")
     )
     appending = append and existing_output
-    files, entries = _describe(gallery)
+    files, entries = describe_files(gallery)
     if not appending and not files:
         what = gallery.source.get("images") or f"{gallery.source.get('data')} split {split!r}"
         first = f" ({len(gallery.skipped)} left out, first: {gallery.skipped[0][0]}: {gallery.skipped[0][1]})" \
             if gallery.skipped else ""
         raise InputError(
-            f"no images found in {shown(str(what))}{first}",
+            f"no images found in {printable_path(str(what))}{first}",
             hint=f"images are regular files ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case), "
             "searched recursively",
         )
@@ -402,7 +348,7 @@ def _not_yet_indexed(
 
 
 def _write_new(
-    out: Path, batches: Iterator[torch.Tensor], queue: _EntryQueue, model: Any, gallery: _Gallery, settings: Any,
+    out: Path, batches: Iterator[torch.Tensor], queue: _EntryQueue, model: Any, gallery: GalleryFiles, settings: Any,
     header_model: dict[str, Any], counts: _Counts, wanted: int,
 ) -> GalleryIndex:
     return write_index(
@@ -429,4 +375,38 @@ def _refuse_if_none_read(batches: Iterator[torch.Tensor], counts: _Counts, wante
         ) from None
 
 
-__all__ = ["IMAGE_SUFFIXES", "ExportReport", "check_out", "discover_images", "export_images", "shown"]
+__all__ = ["IMAGE_SUFFIXES", "ExportReport", "check_out", "discover_images", "export_images", "printable_path"]
+
+
+def export_run(
+    run: str | Path | None,
+    out: str | Path,
+    *,
+    images: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str | None = None,
+    append: bool = False,
+    device: str = "auto",
+    workers: int | None = None,
+    **options: Any,
+) -> ExportReport:
+    """``personsearch export`` as one call: the trained model of ``run`` (``load_trained``; None:
+    the newest run) embeds ``images`` (a folder) or ``data``'s ``split`` into the index ``out``.
+    Every input, ``out`` included, is checked before the model loads. ``options`` are
+    ``export_images``' (batch_size, precision, faiss, nprobe, progress, on_total)."""
+    from personsearch.accel import resolve_device
+    from personsearch.runs import load_trained
+
+    if (images is None) == (data is None):
+        raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
+    if data is not None and split is None:
+        raise InputError("--data needs --split (train, val or test)")
+    if images is not None and split is not None:
+        raise InputError("--split applies to --data only")
+    check_out(out, append, [images, data])  # a foreign, unwritable or input-overlapping --out
+    torch_device = resolve_device(device)
+    check_precision(options.get("precision", "fp32"), torch_device)
+    model = load_trained(run)
+    workers = workers if workers is not None else model.settings.data.workers
+    return export_images(model, out, images=images, prepared=data, split=split, append=append, device=torch_device,
+                         workers=workers, **options)

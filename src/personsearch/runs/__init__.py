@@ -21,7 +21,7 @@ from personsearch.runs.layout import (
     is_run,
     latest_run,
     load_run_settings,
-    run_weights_of,
+    read_weights_meta,
 )
 from personsearch.runs.lifecycle import (
     check_new_run_dir,
@@ -40,5 +40,5 @@ __all__ = [
     "LOG_FILE", "METRICS_FILE", "RUN_KIND", "TrainedModel", "append_metrics", "check_new_run_dir",
     "check_outside_inputs", "check_run_files", "checkpoint_dir", "close_run_log", "create_run", "find_run",
     "held_run", "irra_settings", "is_irra_run", "is_run", "latest_run", "load_trained", "model_fingerprint",
-    "new_run_name", "plan_run", "load_run_settings", "run_weights_of", "setup_logging",
+    "new_run_name", "plan_run", "load_run_settings", "read_weights_meta", "setup_logging",
 ]

@@ -39,7 +39,7 @@ IRRA_WEIGHTS = ("best.pth", "last.pth")
 __all__ = [
     "CHECKPOINT_DIR", "CONFIG_FILE", "INDEX_DIR", "IRRA_CONFIG", "IRRA_WEIGHTS", "LOCK_FILE", "LOGGER_NAME",
     "LOG_FILE", "METRICS_FILE", "RUN_KIND", "append_metrics", "check_run_files", "checkpoint_dir", "find_run",
-    "is_irra_run", "is_run", "latest_run", "load_run_settings", "run_weights_of",
+    "is_irra_run", "is_run", "latest_run", "load_run_settings", "read_weights_meta",
 ]
 
 
@@ -90,7 +90,7 @@ def load_run_settings(run_dir: str | Path) -> Settings:
     return resolve_settings(config=path, environ={})
 
 
-def run_weights_of(run_dir: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
+def read_weights_meta(run_dir: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
     """The weights file of a run (``best`` falling back to ``last`` when the run has no best yet) and
     its record, the weights verified against the sha256 the record holds."""
     folder = checkpoint_dir(run_dir)

@@ -26,7 +26,7 @@ from personsearch.runs.layout import (
     is_irra_run,
     latest_run,
     load_run_settings,
-    run_weights_of,
+    read_weights_meta,
 )
 from personsearch.settings import Settings, resolve_settings
 
@@ -140,7 +140,7 @@ def load_trained(
     if path.is_file():  # a checkpoint inside the run: verified against its record, when it has one
         weights, meta = weights_for_file(path)
     else:
-        weights, meta = run_weights_of(run, which)
+        weights, meta = read_weights_meta(run, which)
     loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
     return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",

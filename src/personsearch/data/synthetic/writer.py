@@ -217,7 +217,8 @@ def generate_raw_dataset(
 
 
 def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
-    from personsearch.data.formats import _safe_relative, iter_annotation_list
+    from personsearch.data.annotation_records import safe_relative
+    from personsearch.data.formats import iter_annotation_list
 
     path = Path(raw_root) / "reid_raw.json"
     if not path.is_file():
@@ -228,7 +229,7 @@ def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
             isinstance(entry, dict)
             and type(entry.get("id")) is int
             and isinstance(entry.get("file_path"), str)
-            and _safe_relative(entry["file_path"]) is not None
+            and safe_relative(entry["file_path"]) is not None
             and "\x00" not in entry["file_path"]
             and isinstance(entry.get("captions"), list)
         ):
@@ -243,7 +244,7 @@ def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
 
 def write_preview(raw_root: Path, out_png: Path, seed: int = 0, rows: int = 6) -> None:
     """A contact sheet of ``rows`` sampled identities: their images, and one caption under them."""
-    from personsearch.data.formats import shown
+    from personsearch.data.annotation_records import shown
     from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
 
     if rows < 1:

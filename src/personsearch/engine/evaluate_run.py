@@ -1,0 +1,103 @@
+"""``personsearch eval`` as one call: a trained model (any folder ``load_trained`` reads) on a
+prepared split, its result appended to the run's metrics.jsonl, with an optional contact sheet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from personsearch.engine.evaluate import EvalResult
+from personsearch.errors import InputError
+
+
+@dataclass
+class RunEvaluation:
+    result: EvalResult
+    model: Any  # personsearch.runs.TrainedModel
+    prepared: Any  # personsearch.data.prepared.PreparedDataset
+    split: str
+    unmatched: str
+    queries: int  # captions of the split (the queries ranked)
+    seconds: float
+    sheet: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        result, i2t = self.result, bool(self.result.i2t)
+        return {"t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}), "split": self.split,
+                "data": self.prepared.fingerprint, "skipped_images": result.info.get("skipped_images", 0),
+                "queries_without_match": result.info.get("queries_without_match", 0),
+                "unmatched": self.unmatched,
+                **({"i2t_queries_without_match": result.info["i2t_queries_without_match"]} if i2t else {}),
+                **({"sheet": str(self.sheet)} if self.sheet else {})}
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str | None = None,
+    unmatched: str | None = None,
+    i2t: bool = False,
+    sheet: str | Path | None = None,
+    sheet_queries: int = 8,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    on_total: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunEvaluation:
+    """Evaluate text→image retrieval (and image→text with ``i2t``) of ``run`` on ``data`` (default:
+    the run's dataset) ``split`` (default: the run's eval.split). Every input, the sheet path
+    included, is checked before anything is embedded; the result is appended to a run of ours'
+    metrics.jsonl (never to an IRRA run's folder)."""
+    from personsearch.accel import check_precision, resolve_device
+    from personsearch.data.prepared import PreparedDataset
+    from personsearch.engine.evaluate import evaluate_split, sheet_rows  # looked up per call (tests replace it)
+    from personsearch.runs import append_metrics, load_trained
+    from personsearch.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
+
+    if split is not None and split not in ("test", "val"):
+        raise InputError(f"--split {split!r}: choose test or val")
+    if unmatched is not None and unmatched not in ("exclude", "miss"):
+        raise InputError(f"--unmatched {unmatched!r}: choose exclude or miss")
+    if sheet is not None:
+        check_sheet_path(sheet, "--sheet")  # before the evaluation, not after it
+    model = load_trained(run)
+    settings = model.settings
+    split = split or settings.eval.split
+    if unmatched is not None:
+        settings.eval.unmatched = unmatched  # type: ignore[assignment]
+    if workers is not None:
+        settings.data.workers = workers
+    data_dir = data or (Path(settings.data.root) if settings.data.root else None)
+    if data_dir is None:
+        raise InputError(f"{run} does not record its dataset", hint="pass --data PREPARED")
+    prepared = PreparedDataset.load(data_dir)
+    if sheet is not None:  # never over the dataset, its images, the weights or the run's files
+        check_sheet_target(sheet, owned=[("the prepared dataset", data_dir), ("the raw dataset", prepared.raw_root),
+                                         ("the weights", model.weights)], runs=[("the run", model.source)])
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    model.clip.to(torch_device)
+    queries = len(prepared.caption_tokens(split))
+    if on_total is not None:
+        on_total(queries + len(prepared.entries(split)))
+    started = time.monotonic()
+    result = evaluate_split(model.clip, prepared, split, settings, device=torch_device, precision=precision,
+                            i2t=i2t, batch_size=batch_size, keep_similarity=sheet is not None, progress=progress)
+    seconds = time.monotonic() - started
+    record = {"eval": split, "data": prepared.fingerprint, "weights": model.weights.name,
+              "precision": precision, "t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}),
+              "seconds": round(seconds, 2), **result.info}
+    if model.kind == "run":
+        append_metrics(model.source, record)
+    if sheet is not None:
+        rows = sheet_rows(result, prepared.raw_root, queries=sheet_queries, seed=settings.runtime.seed)
+        render_contact_sheet(rows, sheet, title=f"{model.source.name} on {prepared.name} {split}: "
+                                                f"R1 {result.t2i['R1']:.2f}")
+    return RunEvaluation(result, model, prepared, split, settings.eval.unmatched, queries, seconds,
+                         Path(sheet) if sheet is not None else None)
