@@ -58,6 +58,10 @@ def test_loss_falls_and_metrics_are_logged(tiny_settings, tmp_path):
     assert len(evals) == 4 and all({"R1", "R5", "R10", "mAP", "mINP", "split"} <= r.keys() for r in evals)
     assert result.best["R1"] == max(r["R1"] for r in evals)
     assert (tmp_path / "run" / "checkpoints" / "best.safetensors").is_file()
+    # log.txt reads as a log: one line per logged step and per evaluation, numbers named
+    log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    assert log.count(" step ") >= result.steps and "epoch 1 step 1: loss " in log and "sdm_loss " in log
+    assert log.count("evaluated on val: R1 ") == 4 and "queries without a match" in log
     meta = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())
     assert meta["epoch"] == 4 and meta["step"] == result.steps and "weights_sha256" in meta
 
@@ -192,3 +196,25 @@ def test_two_gloo_processes_keep_identical_parameters(tiny_settings, tmp_path):
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert _same(a, b)
     assert _same(a, _weights(tmp_path / "run"))  # rank 0 wrote the same weights
+
+
+def test_a_python_caller_gets_the_clis_lock_and_run_checks(tiny_settings, tmp_path):
+    """``train()`` itself takes the run's lock and checks a resumed folder, as ``personsearch train``
+    does: a second writer is refused, and resuming a folder that is not a run changes nothing."""
+    from personsearch.errors import InputError
+    from personsearch.io import RunLock
+
+    settings = _settings(tiny_settings, **{"train.max_steps": 1})
+    run = tmp_path / "run"
+    train(settings, settings.data.root, run)
+    with RunLock(run), pytest.raises(InputError, match="in use"):
+        train(settings, settings.data.root, run, resume=True)
+    stranger = tmp_path / "mine"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="not a run folder"):
+        train(settings, settings.data.root, stranger, resume=True)
+    assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]
+    with pytest.raises(InputError, match="already exists"):
+        train(settings, settings.data.root, stranger)
+    assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]

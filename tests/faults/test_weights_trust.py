@@ -568,13 +568,14 @@ def test_replaced_state_weights_are_refused_on_resume(trained_run, tmp_path):
 
 
 def test_verification_is_cached_per_file_version(trained_run, tmp_path, monkeypatch):
-    from personsearch.model import weights_trust
+    import hashlib
+
     from personsearch.runs import read_weights_meta
 
     run = _run_copy(trained_run, tmp_path)
     hashed = []
-    real = weights_trust.hashlib.sha256
-    monkeypatch.setattr(weights_trust.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
     weights, _ = read_weights_meta(run)
     read_weights_meta(run)
     assert len(hashed) == 1

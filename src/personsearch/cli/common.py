@@ -54,6 +54,8 @@ def configure_console_logging(json_mode: bool = False) -> None:
     level = logging.WARNING if json_mode and not state.verbose else state.log_level
     handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
     handler.setLevel(level)
+    if not state.verbose:  # training's per-period lines: the progress bars show them already
+        handler.addFilter(lambda record: not record.name.startswith("personsearch.metrics"))
     logger.addHandler(handler)
     logger.setLevel(min(level, logging.INFO))
     logger.propagate = False

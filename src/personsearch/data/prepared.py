@@ -44,6 +44,7 @@ from personsearch.data.prepared_dataset import (
 )
 from personsearch.data.prepared_output import OWNER_KIND, check_output, is_legacy_prepared, write_prepared
 from personsearch.errors import InputError
+from personsearch.io import sha256_file
 
 __all__ = [
     "KIND",
@@ -121,14 +122,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ prepare
@@ -247,7 +240,7 @@ def prepare_dataset(
         "dataset": spec.name,
         "raw_root": str(folder),
         "annotation": annotation.name,
-        "annotation_sha256": _sha256_file(annotation),
+        "annotation_sha256": sha256_file(annotation),
         "tokenizer": tokenizer.fingerprint,
         "context_length": context_length,
         "fingerprint": report.fingerprint,

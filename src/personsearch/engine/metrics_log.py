@@ -1,9 +1,12 @@
 """The run's metrics: one JSON line per logged step, evaluation and selected checkpoint in
-``metrics.jsonl``, mirrored to TensorBoard when it is installed. Only the main process writes."""
+``metrics.jsonl``, mirrored to TensorBoard when it is installed and, as one readable line each, to
+the run's ``log.txt`` (logger ``personsearch.metrics``; the CLI keeps them off the console, where
+progress bars show the same numbers). Only the main process writes."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,10 @@ from typing import Any
 from personsearch.engine.reports import StepReport
 from personsearch.io import append_line, atomic_open, iter_jsonl
 from personsearch.runs import METRICS_FILE
+
+#: The logger of the readable per-period lines (log.txt only: the CLI's console filters it out).
+METRICS_LOGGER = "personsearch.metrics"
+log = logging.getLogger(METRICS_LOGGER)
 
 
 class MetricsLog:
@@ -30,6 +37,8 @@ class MetricsLog:
         append_line(self.path, _json({
             "epoch": report.epoch + 1, "step": report.step, "lr": report.lr, **report.values,
             "samples_per_s": round(report.samples_per_s, 3), "skipped_images": skipped_images}))
+        log.info("epoch %d step %d: %s, lr %.3g, %.1f samples/s", report.epoch + 1, report.step,
+                 _readable(report.values), report.lr, report.samples_per_s)
         if self.tensorboard is not None:
             for key, value in report.values.items():
                 self.tensorboard.add_scalar(f"train/{key}", value, report.step)
@@ -41,6 +50,8 @@ class MetricsLog:
             return
         append_line(self.path, _json({"epoch": epoch + 1, "step": step, "split": split, **metrics,
                                       "queries_without_match": unmatched}))
+        log.info("epoch %d evaluated on %s: %s (%d queries without a match)", epoch + 1, split,
+                 _readable(metrics), unmatched)
         if self.tensorboard is not None:
             for key, value in metrics.items():
                 self.tensorboard.add_scalar(f"eval/{key}", value, step)
@@ -53,6 +64,13 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _readable(values: dict[str, Any]) -> str:
+    """``loss 2.31, sdm_loss 1.02, mlm_acc 0.41`` (the total first, numbers only, 4 significant digits)."""
+    keys = sorted(values, key=lambda key: key != "loss")
+    shown = [f"{key} {values[key]:.4g}" for key in keys if isinstance(values[key], (int, float))]
+    return ", ".join(shown)
 
 
 def forget_metrics_after(path: Path, step: int) -> None:

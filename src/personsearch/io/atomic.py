@@ -180,12 +180,14 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | Path | IO[bytes], chunk: int = 1 << 22) -> str:
+    """The sha256 of a file (a path, or a binary handle read from where it stands to its end):
+    the one hash of datasets, indexes and weights."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
+    with contextlib.nullcontext(path) if hasattr(path, "read") else open(path, "rb") as handle:  # type: ignore[arg-type]
+        while block := handle.read(chunk):  # type: ignore[union-attr]
             digest.update(block)
     return digest.hexdigest()
 

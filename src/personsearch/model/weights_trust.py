@@ -13,7 +13,6 @@ read-only verbs never write into a run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.errors import InputError
+from personsearch.io import sha256_file
 from personsearch.settings import SETTINGS_FILE
 
 __all__ = [
@@ -190,10 +190,7 @@ def file_sha256(path: str | os.PathLike[str]) -> tuple[str, tuple[str, int, int,
         known = _HASHES.get(key)
         if known is not None:
             return known, key
-        digest = hashlib.sha256()
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    _HASHES[key] = digest.hexdigest()
+        _HASHES[key] = sha256_file(handle)
     return _HASHES[key], key
 
 

@@ -149,9 +149,8 @@ def held_run(settings: Settings, run_dir: str | Path, new: bool, writer: bool = 
             _remove_if_empty([run_dir, *made])
         raise
     try:
-        if fresh:
-            create_run(settings, name=run_dir.name, output_dir=run_dir.parent)
-        if new:
+        if new:  # a run made by create_run gets the settings it now trains with
+            create_run(settings, name=run_dir.name, output_dir=run_dir.parent, exist_ok=created)
             setup_logging(run_dir)  # a resumed run's log is opened once its checks pass
         yield run_dir
     except BaseException:
@@ -259,11 +258,15 @@ def _remove_new_run(run_dir: Path, existed: bool, made: list[Path], lock: RunLoc
         _remove_if_empty([run_dir, *made])
 
 
+class _RunLogHandler(logging.FileHandler):
+    """A run's log.txt; only these are ever detached here (a caller's own handlers stay)."""
+
+
 def close_run_log() -> None:
     """Detach and close the run's log.txt handler (before its folder is removed, or when done)."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, _RunLogHandler):
             logger.removeHandler(handler)
             handler.close()
 
@@ -277,11 +280,8 @@ def setup_logging(run_dir: str | Path | None = None, level: int = logging.INFO) 
         path.parent.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
             check_run_files(run_dir)  # log.txt a link or special file: FileHandler would follow it
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler):
-                logger.removeHandler(handler)
-                handler.close()
-        handler = logging.FileHandler(path, encoding="utf-8")
+        close_run_log()
+        handler = _RunLogHandler(path, encoding="utf-8")
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
