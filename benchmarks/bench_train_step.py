@@ -303,8 +303,7 @@ def ours_step(model: IRRA, optimizer: torch.optim.Optimizer, batch, precision: s
 
 def build_model(settings: Settings, num_classes: int, device: torch.device) -> IRRA:
     torch.manual_seed(settings.runtime.seed)
-    model = build_irra(settings, num_classes=num_classes)
-    model.base_model.logit_scale.requires_grad_(False)  # as personsearch.engine.train does
+    model = build_irra(settings, num_classes=num_classes, freeze_logit_scale=True)  # as training builds it
     return model.to(device).train()
 
 
