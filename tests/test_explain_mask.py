@@ -50,14 +50,35 @@ def _weights_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_random_model_when_no_run(tmp_path, monkeypatch):
+def test_no_run_is_refused_and_a_random_model_only_on_request(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["explain-mask", CAPTION, "--json"])
+    refused = runner.invoke(app, ["explain-mask", CAPTION, "--json"])
+    assert refused.exit_code == 2 and "no trained run" in refused.stderr and "--random" in refused.stderr
+    assert not refused.stdout
+    result = runner.invoke(app, ["explain-mask", CAPTION, "--json", "--random"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)  # stdout carries only JSON; the warning goes to stderr
+    data = json.loads(result.stdout)  # stdout carries only JSON; the note goes to stderr
     _check_shape(data, caption_words=11)
     assert data["tokens"][1:-1] == CAPTION.split()
     assert "randomly initialised" in result.stderr
+    both = runner.invoke(app, ["explain-mask", CAPTION, "--random", "--run", str(tmp_path)])
+    assert both.exit_code == 2 and "one of --run, --weights or --random" in both.stderr
+
+
+def test_the_demos_run_is_found(tmp_path, monkeypatch):
+    """``personsearch demo`` puts its run at runs/demo/run: explain-mask (and query) find it."""
+    from personsearch.io import write_owner_marker
+    from personsearch.runs import DEMO_KIND, latest_run
+
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    write_owner_marker(demo, DEMO_KIND)
+    run = _trained_tiny_run(tmp_path, demo)
+    assert latest_run(tmp_path / "runs", require="checkpoints/best.safetensors") == run
+    result = runner.invoke(app, ["explain-mask", CAPTION])
+    assert result.exit_code == 0, result.output
+    assert "using the most recent run" in result.stderr and "demo" in result.stderr
 
 
 def test_weights_and_top_k_at_zero_temperature(tmp_path):
@@ -81,7 +102,8 @@ def test_weights_and_top_k_at_zero_temperature(tmp_path):
     assert _json(args) == data  # deterministic
 
 
-def test_run_folder_uses_its_settings(tmp_path):
+def _trained_tiny_run(tmp_path: Path, output_dir: Path) -> Path:
+    """A run folder with a tiny CLIP's weights and their record, as training leaves them."""
     settings = resolve_settings(
         config={
             "model": {"image_size": list(TINY_IMAGE_SIZE), "arch": TINY_IRRA_ARCH},
@@ -90,7 +112,7 @@ def test_run_folder_uses_its_settings(tmp_path):
         },
         environ={},
     )
-    run = create_run(settings, name="tiny")
+    run = create_run(settings, name="tiny", output_dir=output_dir)
     torch.manual_seed(0)
     model = build_clip(TINY_IRRA_ARCH, image_size=TINY_IMAGE_SIZE, stride=16)
     save_file(
@@ -99,6 +121,11 @@ def test_run_folder_uses_its_settings(tmp_path):
     )
     record = {"format_version": 1, "weights_sha256": sha256_file(run / "checkpoints" / "best.safetensors")}
     (run / "checkpoints" / "best.json").write_text(json.dumps(record))
+    return run
+
+
+def test_run_folder_uses_its_settings(tmp_path):
+    run = _trained_tiny_run(tmp_path, tmp_path / "runs")
     data = _json([CAPTION, "--run", str(run), "--seed", "3"])
     assert sum(data["masked"]) == round(0.4 * 11)
     assert sum(data["importance"]) == pytest.approx(1.0, abs=1e-5)
@@ -109,7 +136,7 @@ def test_run_folder_uses_its_settings(tmp_path):
 
 def test_human_output_marks_masked_tokens(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["explain-mask", "a man with a blue backpack", "--temperature", "0"])
+    result = runner.invoke(app, ["explain-mask", "a man with a blue backpack", "--temperature", "0", "--random"])
     assert result.exit_code == 0, result.output
     assert "[" in result.stdout and "importance" in result.stdout
 
@@ -117,8 +144,8 @@ def test_human_output_marks_masked_tokens(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["a man", "--run", "r", "--weights", "w"], "either --run or --weights"),
-        (["   ", "--temperature", "0"], "no words to mask"),
+        (["a man", "--run", "r", "--weights", "w"], "one of --run, --weights or --random"),
+        (["   ", "--temperature", "0", "--random"], "no words to mask"),
         (["a man", "--weights", "missing.pt"], "not found"),
         (["a man", "--run", "no-such-run"], "does not exist"),
     ],

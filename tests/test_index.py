@@ -310,7 +310,7 @@ def test_faiss_backend(built) -> None:
 def test_faiss_missing_is_a_clear_input_error(built, monkeypatch) -> None:
     folder, _ = built
     monkeypatch.setitem(sys.modules, "faiss", None)
-    with pytest.raises(InputError, match=r"pip install personsearch\[faiss\]"):
+    with pytest.raises(InputError, match=r"pip install 'personsearch\[faiss\]'"):
         build_faiss(folder, "IVF8,Flat")
     with pytest.raises(InputError, match="has no FAISS index"):
         GalleryIndex.open(folder).search(_gallery(1), 3, backend="faiss")

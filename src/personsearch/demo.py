@@ -18,11 +18,11 @@ from typing import Any
 from personsearch.engine.train import TrainCallbacks, train
 from personsearch.errors import InputError, Interrupted
 from personsearch.io import atomic_write_json, ensure_replaceable, ensure_writable, write_owner_marker
+from personsearch.runs import DEMO_KIND
 from personsearch.settings import Settings, resolve_settings
 
 DEMO_QUERY = "a woman in a red coat"
 DEMO_CONFIG = "demo.yaml"
-DEMO_KIND = "demo"
 #: Everything a demo folder holds; an unmarked folder (from an older version) is recognised as a
 #: demo only when it holds nothing else and its data carries the demo's own record.
 _DEMO_ENTRIES = {"data", "run", "run-random", "run-attention", "query.png", ".lock", ".personsearch.json"}
@@ -217,13 +217,21 @@ def _clear_previous(run_dir: Path) -> None:
     import shutil
 
     from personsearch.io import OWNER_MARKER
-    from personsearch.runs import CHECKPOINT_DIR, CONFIG_FILE, INDEX_DIR, LOG_FILE, METRICS_FILE
+    from personsearch.runs import (
+        CHECKPOINT_DIR,
+        CONFIG_FILE,
+        INDEX_DIR,
+        LOG_FILE,
+        METRICS_FILE,
+        TRAIN_IMAGES_FILE,
+        VOCABULARY_FILE,
+    )
 
     if not run_dir.is_dir():
         return
     for name in (CHECKPOINT_DIR, INDEX_DIR):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE, OWNER_MARKER):
+    for name in (METRICS_FILE, LOG_FILE, CONFIG_FILE, VOCABULARY_FILE, TRAIN_IMAGES_FILE, OWNER_MARKER):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -3,7 +3,8 @@
 One renderer serves three views: the synthetic-data preview (a row per identity, its images and
 one caption), ``eval --sheet`` (a row per query: caption, top-k gallery images with scores framed
 green for the right identity and red otherwise, then the ground truth after a gap) and
-``query --sheet`` (the top-k images with scores). An unreadable image becomes a placeholder tile
+``query --sheet`` (the top-k images with scores; on a gallery of the synthetic set framed green
+when the image has every attribute the query names and red otherwise). An unreadable image becomes a placeholder tile
 rather than an error, so a sheet over a damaged gallery still renders.
 """
 
@@ -24,7 +25,8 @@ from personsearch.io import IMAGE_FORMATS, atomic_write_bytes, open_regular
 
 logger = logging.getLogger(__name__)
 
-#: Frame colours for a retrieved image of the query's identity, and of another identity.
+#: Frame colours for a retrieved image of the query's identity (or, on the synthetic set, one with
+#: every attribute the query names), and of another identity (or one that lacks one).
 MATCH = "green"
 MISMATCH = "red"
 

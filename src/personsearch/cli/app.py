@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from personsearch import __version__
 from personsearch.cli import common
@@ -18,10 +17,11 @@ from personsearch.cli import export as export_cli
 from personsearch.cli import prepare as prepare_cli
 from personsearch.cli import query as query_cli
 from personsearch.cli import train as train_cli
+from personsearch.cli.verbs import VerbCommand, VerbGroup
 from personsearch.errors import PersonsearchError
 
 
-class _Group(TyperGroup):
+class _Group(VerbGroup):
     """Turns library errors into one clear message and the documented exit code."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
@@ -88,23 +88,25 @@ def _version(value: bool) -> None:
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug messages.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (for scripts).")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
-    common.state.verbose = verbose
-    common.state.quiet = quiet and not verbose
-    common.configure_console_logging()
+    """-v, -q and --json may also follow the verb."""
+    common.state.verbose = common.state.quiet = False  # each invocation starts afresh (tests run many)
+    common.state.json = json_
+    common.set_verbosity(verbose=verbose, quiet=quiet)
 
 
 # Registration order is the order `personsearch --help` lists the verbs: the flow, then helpers.
-app.command("prepare")(prepare_cli.prepare)
-app.command("train")(train_cli.train)
-app.command("eval")(eval_cli.evaluate)
-app.command("export")(export_cli.export)
-app.command("query")(query_cli.query)
-app.command("demo")(demo_cli.demo)
-app.command("explain-mask")(explain_mask_cli.explain_mask)
+app.command("prepare", cls=VerbCommand)(prepare_cli.prepare)
+app.command("train", cls=VerbCommand)(train_cli.train)
+app.command("eval", cls=VerbCommand)(eval_cli.evaluate)
+app.command("export", cls=VerbCommand)(export_cli.export)
+app.command("query", cls=VerbCommand)(query_cli.query)
+app.command("demo", cls=VerbCommand)(demo_cli.demo)
+app.command("explain-mask", cls=VerbCommand)(explain_mask_cli.explain_mask)
 app.add_typer(config_cli.app, name="config")
 
 

@@ -24,6 +24,7 @@ stderr = Console(stderr=True, soft_wrap=True)
 class CliState:
     verbose: bool = False
     quiet: bool = False
+    json: bool = False  # --json given before the verb
 
     @property
     def log_level(self) -> int:
@@ -43,6 +44,13 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override one setting: section.key=value (repeatable).", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (for scripts).")]
+
+
+def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:
+    """-v/-q, before the verb or after it (either place turns it on); --verbose wins over --quiet."""
+    state.verbose = state.verbose or verbose
+    state.quiet = (state.quiet or quiet) and not state.verbose
+    configure_console_logging()
 
 
 def configure_console_logging(json_mode: bool = False) -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout
+from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout, terminal_safe
 
 _KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -64,7 +65,7 @@ def demo(
 def _render(result) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
-    table = Table(title=f"test split of the synthetic set ({result.runs[-1].run})")
+    table = Table(title=terminal_safe(f"test split of the synthetic set ({result.runs[-1].run})"))
     table.add_column("masking")
     for key in _KEYS:
         table.add_column(key, justify="right")
@@ -78,12 +79,14 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
     for column in ("rank", "score", "path", "pid"):
         hits.add_column(column)
     for hit in result.top:
-        hits.add_row(str(hit["rank"]), f"{hit['score']:.3f}", hit["path"], str(hit["pid"]))
+        hits.add_row(str(hit["rank"]), f"{hit['score']:.3f}", terminal_safe(hit["path"]), str(hit["pid"]))
     stdout.print(hits)
     run = result.runs[-1].run
-    stdout.print(f"\nEverything is under [bold]{result.out}[/] ({result.seconds / 60:.1f} min). Try next:")
+    # Paths are shown as written (markup=False): a folder named "x[1]" keeps its "[1]" in the commands.
+    stdout.print(Text.assemble("\nEverything is under ", (str(result.out), "bold"),
+                               f" ({result.seconds / 60:.1f} min). Try next:"))
     stdout.print(f"  personsearch query \"a man in a blue jacket with a black backpack\" --index {run / 'index'} "
-                 f"--sheet {result.out / 'query2.png'}")
-    stdout.print(f"  personsearch eval {run} --sheet {result.out / 'eval.png'}")
-    stdout.print(f"  personsearch explain-mask \"a woman in a red coat and black boots\" --run {run}")
-    stdout.print(f"  open {result.sheet}")
+                 f"--sheet {result.out / 'query2.png'}", markup=False)
+    stdout.print(f"  personsearch eval {run} --sheet {result.out / 'eval.png'}", markup=False)
+    stdout.print(f"  personsearch explain-mask \"a woman in a red coat and black boots\" --run {run}", markup=False)
+    stdout.print(f"  open {result.sheet}", markup=False)

@@ -23,6 +23,8 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Embedding batch size.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Dataloader workers.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Evaluate even on images the run was trained on (figures inflated).")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Evaluate text→image retrieval; appends the result to the run's metrics.jsonl."""
@@ -35,7 +37,7 @@ def evaluate(
         task = progress.add_task(f"embedding {split or ''}".strip(), total=None)
         done = evaluate_run(run, data=data, split=split, unmatched=unmatched, i2t=i2t, sheet=sheet,
                             sheet_queries=queries, precision=precision, batch_size=batch_size, device=device,
-                            workers=workers, on_total=lambda n: progress.update(task, total=n),
+                            workers=workers, force=force, on_total=lambda n: progress.update(task, total=n),
                             progress=lambda n: progress.advance(task, n))
     if json_:
         print_json(done.to_json())
@@ -43,6 +45,9 @@ def evaluate(
     result = done.result
     _table(f"{done.model.source.name} on {done.prepared.name} ({done.split}, {done.queries} queries)",
            result.t2i, result.i2t)
+    if done.shared_training_images:
+        stderr.print(f"[yellow]warning:[/] {done.shared_training_images} of these images are training images "
+                     "of the run (--force): the figures are inflated")
     unreadable = result.info.get("skipped_images")
     if unreadable:
         stderr.print(f"[yellow]{unreadable} gallery images could not be read and were left out[/]")

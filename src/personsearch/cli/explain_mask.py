@@ -34,27 +34,29 @@ def explain_mask(
     ratio: Annotated[
         float | None, typer.Option("--ratio", min=0.0, max=1.0, help="Share of the words to mask.")
     ] = None,
+    random: Annotated[bool, typer.Option(
+        "--random", help="Use a randomly initialised model: shows the mechanism only.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Colour a caption's tokens by AGM importance and mark the ones AGM masks.
 
-    Without --run or --weights the most recent run under runs/ is used; when there is none, a
-    randomly initialised model shows the mechanism (its importances mean nothing).
+    Without --run or --weights the most recent run under runs/ (a demo's included) is used;
+    --random shows the mechanism on an untrained model (its importances mean nothing).
     """
     from personsearch.runs.explain import explain_with
 
     if json_:
         common.configure_console_logging(json_mode=True)
     explained = explain_with(caption, run=run, weights=weights, config=config, sets=set_ or (), seed=seed,
-                             layers=layers, temperature=temperature, ratio=ratio)
+                             layers=layers, temperature=temperature, ratio=ratio, random=random)
     if explained.chosen:
         stderr.print(terminal_safe(f"using the most recent run: {explained.source}"))
     if explained.source is None:
         stderr.print(
-            "[yellow]warning:[/] no run or weights found: using a randomly initialised model, so the "
-            "importances show the mechanism only (pass --run or --weights for a trained one)",
+            "[yellow]note:[/] a randomly initialised model (--random): the importances show the mechanism "
+            "only (pass --run or --weights for a trained one)",
             highlight=False,
         )
     masking = explained.masking

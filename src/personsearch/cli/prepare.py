@@ -91,7 +91,7 @@ def prepare(
 
 
 def _render(report, check: bool) -> None:  # noqa: ANN001
-    table = Table(title=f"{report.dataset} ({report.root})", title_justify="left")
+    table = Table(title=common.terminal_safe(f"{report.dataset} ({report.root})"), title_justify="left")
     table.add_column("split")
     for column in ("ids", "images", "captions"):
         table.add_column(column, justify="right")
@@ -117,5 +117,6 @@ def _render(report, check: bool) -> None:  # noqa: ANN001
         common.stdout.print("checked only; nothing written")
     else:
         common.stdout.print(
-            f"prepared dataset written to {report.out} (fingerprint {report.fingerprint})", highlight=False
+            f"prepared dataset written to {report.out} (fingerprint {report.fingerprint})", highlight=False,
+            markup=False,
         )

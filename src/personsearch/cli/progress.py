@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from personsearch.cli.common import stderr, stdout
+from personsearch.cli.common import stderr, stdout, terminal_safe
 
 
 def training_progress(quiet: bool):  # type: ignore[no-untyped-def]
@@ -37,6 +37,8 @@ def training_progress(quiet: bool):  # type: ignore[no-untyped-def]
         tasks["eval"] = progress.add_task(f"eval {epoch + 1}", total=None, status="embedding")
 
     def eval_progress(count: int) -> None:
+        if "eval" not in tasks:  # the selected checkpoint evaluated with no epoch before (a finished run resumed)
+            tasks["eval"] = progress.add_task("eval", total=None, status="embedding")
         progress.advance(tasks["eval"], count)
 
     def on_eval(epoch: int, metrics: dict[str, float]) -> None:
@@ -49,8 +51,8 @@ def training_progress(quiet: bool):  # type: ignore[no-untyped-def]
 def render_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"run {summary['run']} ({summary['stopped']}, {summary['epochs']} epochs, "
-                        f"{summary['steps']} steps)")
+    table = Table(title=terminal_safe(f"run {summary['run']} ({summary['stopped']}, {summary['epochs']} epochs, "
+                                      f"{summary['steps']} steps)"))  # a run's name may hold "[...]"
     table.add_column("")
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         table.add_column(key, justify="right")

@@ -35,7 +35,7 @@ def query(
     verify: Annotated[bool, Option(
         "--verify/--no-verify", help="Check every shard's sha256 before searching.")] = True,
     precision: Annotated[str, Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
-    device: Annotated[str, Option("--device", help="auto, cpu, cuda, cuda:N.")] = "cpu",
+    device: Annotated[str, Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     json_: JsonOption = False,
 ) -> None:
     """Search a gallery index by description.
@@ -43,7 +43,7 @@ def query(
     With --json: {"query", "results": [{"rank", "score", "path", "pid"}]} for one query, a list of
     those for several; with --check-recall they sit under "queries" beside "recall_at_k".
     """
-    from personsearch.retrieval.query import run_queries
+    from personsearch.retrieval.query import UNKNOWN_WORDS_NOTE, run_queries
 
     found = run_queries(
         texts or [], index=index, run=run, k=k, query_file=file, sheet=sheet,
@@ -57,6 +57,8 @@ def query(
         if result.truncated:
             stderr.print(Text(f"note: query {number} is longer than the model's {length} tokens; "
                               "only its beginning is searched", style="yellow"))
+        if result.known_words is False:
+            stderr.print(Text(f"note: query {number}: {UNKNOWN_WORDS_NOTE}", style="yellow"))
     if json_:
         print_json(found.to_json())
         return

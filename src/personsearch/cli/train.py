@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from personsearch.cli.common import ConfigOption, JsonOption, SetOption, print_json, state, stderr
+from personsearch.cli.common import ConfigOption, JsonOption, SetOption, print_json, state, stderr, terminal_safe
 from personsearch.errors import InputError
 
 Precision = Annotated[str | None, typer.Option("--precision", help="fp32, bf16 (CPU/GPU) or fp16 (CUDA).")]
@@ -28,8 +29,10 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder where it stopped.")] = None,
     precision: Precision = None,
     device: Device = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
-    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Stop after N minutes.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help=(
+        "Stop once the run has taken N optimizer steps (this invocation only: never saved with the run)."))] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help=(
+        "Stop after N minutes of this invocation (never saved with the run)."))] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Total epochs (train.epochs).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (runtime.seed).")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", help="Launch N processes with torchrun (DDP).")] = None,
@@ -74,7 +77,7 @@ def train(
             raise typer.Exit(code)
         return
     main = int(os.environ.get("RANK", "0")) == 0
-    if settings.model.pretrained is None and main:
+    if settings.model.pretrained is None and main and resume is None:  # a resumed run loads its own weights
         stderr.print("[yellow]warning:[/] no pretrained CLIP weights: the backbone starts from random "
                      "initialisation (fine for the demo, far from the paper's numbers)")
     callbacks, progress = training_progress(quiet=state.quiet or json_ or not main)
@@ -98,6 +101,6 @@ def train(
         render_summary(summary)
     if result.signal is not None:
         # Scripts must not carry on as if training had finished: 128 + signal, as a shell reports it.
-        stderr.print(f"[yellow]interrupted by signal {result.signal}[/]: the state at step {result.steps} is saved; "
-                     f"continue with `personsearch train --resume {run_dir}`")
+        stderr.print(Text.assemble((f"interrupted by signal {result.signal}", "yellow"), terminal_safe(
+            f": the state at step {result.steps} is saved; continue with `personsearch train --resume {run_dir}`")))
         raise typer.Exit(128 + result.signal)

@@ -21,6 +21,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 #: Why a special file named like an image is left out (also when it was swapped in after discovery).
 NOT_REGULAR = "not a regular file (a FIFO, socket, device or folder); left unread"
+#: Why a symbolic link is not followed: what is found (and later read through an index) stays
+#: inside the image folder. The index refuses rows that leave it (``GalleryIndex.image_path``).
+LINK_OUTSIDE = "symbolic link points outside the image folder"
 _NOT_UTF8 = "name is not valid UTF-8 text; rename it to index it"
 
 
@@ -88,7 +91,7 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]
                 continue
             real = os.path.realpath(full)
             if not is_inside(real, real_root):
-                skipped.append((rel + "/", "symbolic link points outside the image folder"))
+                skipped.append((rel + "/", LINK_OUTSIDE))
             elif real in seen_dirs:
                 skipped.append((rel + "/", "folder already visited (symbolic link loop or duplicate)"))
             else:
@@ -129,16 +132,30 @@ def inspect_image(full: Path, real_root: str, parents_inside: bool) -> tuple[os.
     except ValueError:
         return None, "cannot read: invalid file name"
     if (link or not parents_inside) and not is_inside(os.path.realpath(full), real_root):
-        return None, "symbolic link points outside the image folder"
+        return None, LINK_OUTSIDE
     if not stat.S_ISREG(info.st_mode):
         return None, NOT_REGULAR
     return info, None
 
 
+def describe_left_out(skipped: list[tuple[str, str]], reasons: int = 3) -> str:
+    """The entries discovery left out, in one line: how many, for which reasons (most frequent
+    first, with counts), and the first of them: "12 left out: symbolic link points outside the
+    image folder (12); first: a.jpg"."""
+    from collections import Counter
+
+    counts = Counter(reason for _, reason in skipped).most_common()
+    shown = "; ".join(f"{reason} ({count})" for reason, count in counts[:reasons])
+    more = f"; {len(counts) - reasons} other reasons" if len(counts) > reasons else ""
+    return f"{len(skipped)} left out: {shown}{more}; first: {skipped[0][0]}" if skipped else "nothing left out"
+
+
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LINK_OUTSIDE",
     "NOT_REGULAR",
     "check_image_root",
+    "describe_left_out",
     "discover_images",
     "inspect_image",
     "is_inside",

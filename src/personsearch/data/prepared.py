@@ -41,10 +41,12 @@ from personsearch.data.prepared_dataset import (
     VERSION,
     Entry,
     PreparedDataset,
+    dataset_label,
 )
 from personsearch.data.prepared_output import OWNER_KIND, check_output, is_legacy_prepared, write_prepared
 from personsearch.errors import InputError
 from personsearch.io import sha256_file
+from personsearch.io.recorded import RELATIVE, relative_path
 
 __all__ = [
     "KIND",
@@ -58,6 +60,7 @@ __all__ = [
     "PrepareReport",
     "PreparedDataset",
     "check_output",
+    "dataset_label",
     "is_legacy_prepared",
     "prepare_dataset",
 ]
@@ -67,7 +70,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PrepareReport:
-    """What prepare found and did; ``to_json`` is the ``--json`` shape of the verb."""
+    """What prepare found and did; ``to_json`` is the ``--json`` shape of the verb. ``dataset``
+    is the name people are shown ("synthetic (CUHK-PEDES layout)" for the synthetic set)."""
 
     dataset: str
     root: Path
@@ -207,8 +211,9 @@ def prepare_dataset(
         tokens, lengths = tokens[rows], [lengths[row] for row in rows.tolist()]
         if strict:
             _refuse_problems(problems, annotation)
+    label = dataset_label(spec.name, folder, by_content=True)  # the synthetic set is not CUHK-PEDES
     report = PrepareReport(
-        spec.name,
+        label,
         folder,
         Path(out) if out is not None else None,
         _split_counts(records, spec.splits),
@@ -234,11 +239,15 @@ def prepare_dataset(
     report.fingerprint = content.hexdigest()[:16]
     if check_only:
         return report
+    # The raw folder also relative to the manifest's (read first): the two moved together keep working.
+    raw_relative = relative_path(folder, Path(out))
     manifest = {
         "kind": KIND,
         "version": VERSION,
         "dataset": spec.name,
+        **({"label": label} if label != spec.name else {}),
         "raw_root": str(folder),
+        **({RELATIVE: {"raw_root": raw_relative}} if raw_relative else {}),
         "annotation": annotation.name,
         "annotation_sha256": sha256_file(annotation),
         "tokenizer": tokenizer.fingerprint,
@@ -256,5 +265,5 @@ def prepare_dataset(
     manifest_blob = (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     write_prepared(Path(out), folder, {TOKENS: tokens_blob, MANIFEST: manifest_blob})
     report.written = True
-    log.info("prepared %s: %d images, %d captions -> %s", spec.name, len(entries), len(captions), out)
+    log.info("prepared %s: %d images, %d captions -> %s", label, len(entries), len(captions), out)
     return report

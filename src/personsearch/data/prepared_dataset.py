@@ -4,7 +4,7 @@ A prepared dataset is a folder with two files; raw images stay where they are:
 
 ``manifest.json``
     ``{"kind": "personsearch.prepared", "version": 1, "dataset": "CUHK-PEDES",
-    "raw_root": "/abs/path/CUHK-PEDES", "annotation": "reid_raw.json",
+    "raw_root": "/abs/path/CUHK-PEDES", "relative": {"raw_root": "../CUHK-PEDES"}, "annotation": "reid_raw.json",
     "annotation_sha256": ..., "tokenizer": <ClipTokenizer.fingerprint>, "context_length": 77,
     "fingerprint": <16 hex: entries + tokens>, "tokens_sha256": ..., "num_train_ids": N,
     "splits": {"train": {"ids", "images", "captions"}, ...}, "truncated_captions": int,
@@ -13,6 +13,12 @@ A prepared dataset is a folder with two files; raw images stay where they are:
     "pid": 0..N-1 for train (sorted file ids), the file's id otherwise, "image_id": 0.. within
     its split, "path": image path relative to raw_root, "captions": [...], "row": first row in
     tokens.npy}``; an entry's captions occupy consecutive rows, entries in annotation order.
+    ``relative`` (optional; none in manifests written before it, or where the two folders share
+    nothing but the filesystem root) holds ``raw_root`` relative to the manifest's folder: read
+    first when that folder exists, so a prepared dataset moved or copied together with its raw
+    images keeps working (``personsearch.io.recorded``); else the absolute ``raw_root``.
+    An optional ``"label"`` is the name people are shown (``"synthetic (CUHK-PEDES layout)"`` for
+    the synthetic set); ``"dataset"`` stays the format the raw files are read with.
 ``tokens.npy``
     int32 ``[num_captions, context_length]``: ``SOT + bpe + EOT`` rows, zero-padded, cut at the
     context length with EOT last.
@@ -39,6 +45,7 @@ import numpy as np
 from personsearch.data.annotation_records import describe, int_fault, safe_relative, shown
 from personsearch.data.annotation_stream import parse_int
 from personsearch.errors import InputError
+from personsearch.io.recorded import RELATIVE, recorded_path, relative_fault
 
 KIND = "personsearch.prepared"
 VERSION = 1
@@ -160,10 +167,19 @@ def _check_manifest(manifest: dict[str, Any]) -> int:
         raise _Damaged(f"it lacks {', '.join(missing)}")
     for key, kind in _REQUIRED.items():
         _check_field("field ", key, manifest[key], kind)
+    if "label" in manifest:  # optional: what people are shown (the synthetic set), "dataset" is the format
+        _check_field("field ", "label", manifest["label"], str)
     if not 2 <= manifest["context_length"] <= 4096:
         raise _Damaged(f"field 'context_length' is {manifest['context_length']}, expected 2..4096")
     if not Path(manifest["raw_root"]).is_absolute():
         raise _Damaged(f"field 'raw_root' {shown(manifest['raw_root'])!r} is not an absolute path")
+    if RELATIVE in manifest:
+        relative = manifest[RELATIVE]
+        if not isinstance(relative, dict) or set(relative) - {"raw_root"}:
+            raise _Damaged(f"field {RELATIVE!r} is {describe(relative)}, expected an object with 'raw_root' only")
+        fault = relative_fault(relative.get("raw_root"))
+        if fault:
+            raise _Damaged(f"field {RELATIVE!r}['raw_root'] {fault}")
     for split, counts in manifest["splits"].items():
         if not isinstance(counts, dict):
             raise _Damaged(f"splits[{shown(split)!r}] is {describe(counts)}, expected an object")
@@ -228,6 +244,18 @@ def _read_tokens(tokens_path: Path, manifest: dict[str, Any], rows: int, vocab_s
     return tokens
 
 
+def dataset_label(dataset: str, raw_root: Path, by_content: bool = False) -> str:
+    """The name to show for a dataset read as format ``dataset`` from ``raw_root``: the synthetic
+    set's label when ``raw_root`` is a synthetic raw dataset of ours (its owner marker; also by
+    content with ``by_content``), else ``dataset`` itself. The format stays what is recorded."""
+    if dataset == "CUHK-PEDES":
+        from personsearch.data.synthetic.queries import SYNTHETIC_LABEL, is_synthetic_raw
+
+        if is_synthetic_raw(raw_root, by_content=by_content):
+            return SYNTHETIC_LABEL
+    return dataset
+
+
 class PreparedDataset:
     """A prepared dataset read back: splits, entries, token rows, identities, fingerprints."""
 
@@ -236,7 +264,9 @@ class PreparedDataset:
         self.manifest = manifest
         self.tokens = tokens
         self.raw_root = raw_root
-        self.name: str = manifest["dataset"]
+        #: The name people are shown: the recorded label, else the format ("CUHK-PEDES"), except
+        #: for a synthetic set prepared before labels were recorded (its raw folder says so).
+        self.name: str = manifest.get("label") or dataset_label(manifest["dataset"], raw_root)
         self.fingerprint: str = manifest["fingerprint"]
         self.tokenizer_fingerprint: str = manifest["tokenizer"]
         self.context_length: int = manifest["context_length"]
@@ -269,7 +299,8 @@ class PreparedDataset:
 
         path = Path(path).expanduser()
         if not path.is_dir():
-            raise InputError(f"prepared dataset not found: {path}", hint="run `personsearch prepare` first")
+            raise InputError(f"prepared dataset not found: {path}",
+                             hint="run `personsearch prepare` first; if it was moved, pass its new place (--data)")
         manifest = _read_manifest(path)
         version = manifest.get("version")
         if type(version) is not int:
@@ -291,13 +322,19 @@ class PreparedDataset:
                 hint="re-run `personsearch prepare` to tokenize the captions again",
             )
         tokens = _read_tokens(path / TOKENS, manifest, rows, tokenizer.vocab_size)
-        root = Path(raw_root).expanduser().resolve() if raw_root is not None else Path(manifest["raw_root"])
+        relative = (manifest.get(RELATIVE) or {}).get("raw_root")
+        root = (Path(raw_root).expanduser().resolve() if raw_root is not None
+                else recorded_path(manifest["raw_root"], relative, path))
         if not root.is_dir():  # every image would be skipped: say why once, before any training or evaluation
             recorded = "given" if raw_root is not None else "recorded by `prepare`"
+            if raw_root is None and relative:
+                recorded += (f" as {shown(relative)!r} relative to the prepared dataset; its absolute path "
+                             f"{shown(manifest['raw_root'])} is not there either")
             raise InputError(
                 f"the raw images of {path} are not where they were: {shown(str(root))} ({recorded}) is "
                 f"{'not a folder' if root.exists() else 'missing'} (moved or renamed?)",
-                hint=f"put the raw dataset back, or prepare it again from its new place: "
+                hint="put the raw dataset back (or beside the prepared dataset as it was: the two may move "
+                "together), or prepare it again from its new place: "
                 f"personsearch prepare {manifest['dataset']} --root NEW_PLACE --out {path}",
             )
         return cls(path, manifest, tokens, root)

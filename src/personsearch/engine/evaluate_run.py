@@ -23,6 +23,7 @@ class RunEvaluation:
     queries: int  # captions of the split (the queries ranked)
     seconds: float
     sheet: Path | None = None
+    shared_training_images: int = 0  # split images the run trained on (evaluated anyway with force)
 
     def to_json(self) -> dict[str, Any]:
         result, i2t = self.result, bool(self.result.i2t)
@@ -31,7 +32,8 @@ class RunEvaluation:
                 "queries_without_match": result.info.get("queries_without_match", 0),
                 "unmatched": self.unmatched,
                 **({"i2t_queries_without_match": result.info["i2t_queries_without_match"]} if i2t else {}),
-                **({"sheet": str(self.sheet)} if self.sheet else {})}
+                **({"sheet": str(self.sheet)} if self.sheet else {}),
+                **({"shared_training_images": self.shared_training_images} if self.shared_training_images else {})}
 
 
 def evaluate_run(
@@ -47,13 +49,15 @@ def evaluate_run(
     batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
+    force: bool = False,
     on_total: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RunEvaluation:
     """Evaluate text→image retrieval (and image→text with ``i2t``) of ``run`` on ``data`` (default:
     the run's dataset) ``split`` (default: the run's eval.split). Every input, the sheet path
     included, is checked before anything is embedded; the result is appended to a run of ours'
-    metrics.jsonl (never to an IRRA run's folder)."""
+    metrics.jsonl (never to an IRRA run's folder). A split that shares images with the run's
+    training split is refused (its figures would be inflated) unless ``force``."""
     from personsearch.accel import check_precision, resolve_device
     from personsearch.data.prepared import PreparedDataset
     from personsearch.engine.evaluate import evaluate_split, sheet_rows  # looked up per call (tests replace it)
@@ -80,6 +84,13 @@ def evaluate_run(
     if sheet is not None:  # never over the dataset, its images, the weights or the run's files
         check_sheet_target(sheet, owned=[("the prepared dataset", data_dir), ("the raw dataset", prepared.raw_root),
                                          ("the weights", model.weights)], runs=[("the run", model.source)])
+    shared = 0 if model.kind != "run" else _shared_training_images(model.source, prepared, split)
+    if shared and not force:
+        raise InputError(
+            f"{shared} of the {split} images of {prepared.path} are images {model.source} was trained on: "
+            "its figures there would be inflated",
+            hint="evaluate on data the run did not train on, or pass --force to evaluate anyway",
+        )
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     model.clip.to(torch_device)
@@ -92,7 +103,8 @@ def evaluate_run(
     seconds = time.monotonic() - started
     record = {"eval": split, "data": prepared.fingerprint, "weights": model.weights.name,
               "precision": precision, "t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}),
-              "seconds": round(seconds, 2), **result.info}
+              "seconds": round(seconds, 2), **result.info,
+              **({"shared_training_images": shared} if shared else {})}
     if model.kind == "run":
         append_metrics(model.source, record)
     if sheet is not None:
@@ -100,4 +112,12 @@ def evaluate_run(
         render_contact_sheet(rows, sheet, title=f"{model.source.name} on {prepared.name} {split}: "
                                                 f"R1 {result.t2i['R1']:.2f}")
     return RunEvaluation(result, model, prepared, split, settings.eval.unmatched, queries, seconds,
-                         Path(sheet) if sheet is not None else None)
+                         Path(sheet) if sheet is not None else None, shared)
+
+
+def _shared_training_images(run: Path, prepared: Any, split: str) -> int:
+    """How many of ``split``'s images the run recorded as training images (0 when it recorded none)."""
+    from personsearch.runs import run_training_images, split_image_keys
+
+    trained_on = run_training_images(run)
+    return len(trained_on & split_image_keys(prepared, split)) if trained_on else 0

@@ -12,8 +12,8 @@ from personsearch.engine.metrics_log import forget_metrics_after
 from personsearch.engine.progress import TrainingProgress
 from personsearch.engine.state import Checkpoint, load_training_state
 from personsearch.errors import InputError
-from personsearch.io import atomic_write_text
-from personsearch.runs import CONFIG_FILE, METRICS_FILE, checkpoint_dir, load_run_settings, setup_logging
+from personsearch.runs import METRICS_FILE, checkpoint_dir, load_run_settings, setup_logging
+from personsearch.runs.lifecycle import save_run_settings
 from personsearch.settings import Settings
 
 log = logging.getLogger("personsearch.engine.train")  # the trainer's name in log.txt
@@ -51,7 +51,7 @@ def restore_run(run_dir: Path, settings: Settings, prepared: Any, model: Any, op
     """Load the run's newest checkpoint into ``model``, ``optimizer`` and ``scheduler``; then (main
     process) log to the run, save these settings as its config and drop metric lines logged after
     the checkpoint. Returns where training stands and the checkpoint still to be evaluated, if the
-    run stopped while evaluating it."""
+    run stopped while evaluating it. What the resume will do is logged (``describe_resume``)."""
     checkpoint = check_resume(run_dir, settings, prepared)
     progress, pending = TrainingProgress(), None
     if checkpoint is None:
@@ -60,13 +60,25 @@ def restore_run(run_dir: Path, settings: Settings, prepared: Any, model: Any, op
         progress = load_checkpoint_into(run_dir, checkpoint, model, optimizer, scheduler)
         if checkpoint.meta.get("pending_eval") is True and progress.batch_in_epoch == 0 and progress.epoch > 0:
             pending = checkpoint
-        log.info("resuming %s at epoch %d, step %d", run_dir, progress.epoch + 1, progress.step)
+        log.info("%s", describe_resume(run_dir, progress, settings.train.epochs, pending is not None))
     if is_main:
         setup_logging(run_dir)
-        atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
+        save_run_settings(run_dir, settings)  # without this invocation's budgets
         if checkpoint is not None:
             forget_metrics_after(run_dir / METRICS_FILE, progress.step)
     return progress, pending
+
+
+def describe_resume(run_dir: Path, progress: TrainingProgress, epochs: int, pending: bool) -> str:
+    """What resuming a run at ``progress`` will do, in words: continue at an epoch, only evaluate its
+    last checkpoint, or nothing, because it has already trained all ``epochs``."""
+    if progress.epoch >= epochs and progress.batch_in_epoch == 0:
+        if pending:
+            return (f"run {run_dir} has trained its {progress.epoch} epochs; evaluating its last checkpoint, "
+                    "whose evaluation was cut short")
+        return (f"run {run_dir} already finished its {progress.epoch} epochs; nothing to train (its selected "
+                "checkpoint is reported again; raise --epochs to train on)")
+    return f"resuming {run_dir} at epoch {progress.epoch + 1} of {epochs}, step {progress.step}"
 
 
 def check_resume(run_dir: Path, settings: Settings, prepared: Any) -> Checkpoint | None:

@@ -17,7 +17,7 @@ from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.splits import check_eval_split, selection_split
 from personsearch.errors import InputError
 from personsearch.io import atomic_write_text
-from personsearch.runs import CONFIG_FILE, check_outside_inputs, check_run_files
+from personsearch.runs import CONFIG_FILE, check_outside_inputs, check_run_files, record_training_data
 from personsearch.settings import Settings
 
 
@@ -64,6 +64,8 @@ def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: boo
         check_outside_inputs(run_dir, prepared.path, prepared.raw_root)
         if resume:
             check_run_files(run_dir)
+        else:  # what the run learns from: flags unknown query words, refuses evaluating on its own images
+            record_training_data(run_dir, prepared)
     transform = build_transform(settings.model.image_size, train=True, augment=settings.data.augment)
     train_set = TrainCaptions(prepared, transform)
     per_rank_batch = settings.train.batch_size // info.world_size

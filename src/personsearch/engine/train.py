@@ -83,7 +83,8 @@ def _train(settings: Settings, data: str | Path, run_dir: Path, resume: bool,
         signals.__exit__()
         metrics.close()
         distributed.shutdown_distributed()
-    epochs_done = loop.epoch + 1 if stopped == "finished" else loop.epoch
+    # Finished: every epoch done (a resumed finished run trains none, so not loop.epoch + 1).
+    epochs_done = progress.epoch if stopped == "finished" else loop.epoch
     received = (signals.received or int(signal.SIGINT)) if stopped == "interrupted" else None
     return TrainResult(run_dir, epochs_done, progress.step, progress.best, progress.last, stopped,
                        progress.skipped_images, setup.model, received, setup.selected_on, loop.final)

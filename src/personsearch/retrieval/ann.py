@@ -5,7 +5,7 @@ gallery, adds every row, and records it in the header (file, factory, nprobe, sh
 the same commit-by-header rule as the shards. Exact search stays the default and the reference:
 ``recall_at_k`` measures how much of the exact top k the approximate search finds. The FAISS
 calls themselves (save, extend, read, search) are in ``personsearch.retrieval.faiss_backend``.
-Needs ``pip install personsearch[faiss]``.
+Needs ``pip install 'personsearch[faiss]'``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ from personsearch.accel import autocast, check_precision
 from personsearch.data.datasets import ImageFiles, collate_skipping
 from personsearch.data.images import (
     IMAGE_SUFFIXES,
+    LINK_OUTSIDE,
+    describe_left_out,
     discover_images,
     is_utf8,
     printable_path,
@@ -249,13 +251,7 @@ def export_images(
     files, entries = describe_files(gallery)
     if not appending and not files:
         what = gallery.source.get("images") or f"{gallery.source.get('data')} split {split!r}"
-        first = f" ({len(gallery.skipped)} left out, first: {gallery.skipped[0][0]}: {gallery.skipped[0][1]})" \
-            if gallery.skipped else ""
-        raise InputError(
-            f"no images found in {printable_path(str(what))}{first}",
-            hint=f"images are regular files ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case), "
-            "searched recursively",
-        )
+        raise _no_images(printable_path(str(what)), gallery.skipped)
 
     clip = model.clip
     transform = build_transform(settings.model.image_size, train=False)
@@ -322,6 +318,24 @@ def export_images(
     return report
 
 
+def _no_images(what: str, skipped: list[tuple[str, str]]) -> InputError:
+    """Nothing to embed: what was left out and why, and what would fix it."""
+    left_out = f": {describe_left_out(skipped)}" if skipped else ""
+    links = sum(reason == LINK_OUTSIDE for _, reason in skipped)
+    if links:
+        return InputError(
+            f"no images found in {what}{left_out}",
+            hint=f"{links} symbolic link(s) lead outside the folder, and links are followed only inside it (an "
+            "index never reads outside its image folder): pass --images the folder they point to, or copy the "
+            "files in (cp -rL FOLDER COPY, then --images COPY)",
+        )
+    return InputError(
+        f"no images found in {what}{left_out}",
+        hint=f"images are regular files ending in {', '.join(sorted(IMAGE_SUFFIXES))} (any case), searched "
+        "recursively",
+    )
+
+
 def _check_same_source(existing: GalleryIndex, model: Any, root: Path, out: Path) -> None:
     if existing.model_fingerprint != model.fingerprint:
         raise InputError(
@@ -330,7 +344,7 @@ def _check_same_source(existing: GalleryIndex, model: Any, root: Path, out: Path
             f"not by {model.source} ({model.fingerprint})",
             hint="append with the model that made the index, or export a new index without --append",
         )
-    if os.path.abspath(existing.image_root) != str(root):
+    if os.path.realpath(existing.image_root) != os.path.realpath(root):  # read back via its relative form: real folders
         raise InputError(
             f"{out} indexes images under {existing.image_root}, not {root}",
             hint="append from the same image folder, or export a new index",
@@ -343,7 +357,9 @@ def _not_yet_indexed(
     """The described files ``existing`` does not hold as they are now (``files_to_embed``), with
     their entries, and how many it already holds unchanged."""
     position = {entry.path: i for i, entry in enumerate(entries)}
-    todo = [position[file.relative_to(existing.image_root).as_posix()] for file in files_to_embed(existing, files)]
+    # By path under the image root: the index's root may be the same folder reached through other links.
+    candidates = [entry.path for entry in entries]
+    todo = [position[file.relative_to(existing.image_root).as_posix()] for file in files_to_embed(existing, candidates)]
     return [files[i] for i in todo], [entries[i] for i in todo], len(entries) - len(todo)
 
 
@@ -388,14 +404,22 @@ def export_run(
     append: bool = False,
     device: str = "auto",
     workers: int | None = None,
+    weights: str | Path | None = None,
+    sets: Sequence[str] = (),
     **options: Any,
 ) -> ExportReport:
     """``personsearch export`` as one call: the trained model of ``run`` (``load_trained``; None:
-    the newest run) embeds ``images`` (a folder) or ``data``'s ``split`` into the index ``out``.
-    Every input, ``out`` included, is checked before the model loads. ``options`` are
-    ``export_images``' (batch_size, precision, faiss, nprobe, progress, on_total)."""
+    the newest run), or plain CLIP ``weights`` for zero-shot search (any source ``load_clip``
+    reads; ``sets`` may set model.image_size, model.stride, model.text_length), embeds ``images``
+    (a folder) or ``data``'s ``split`` into the index ``out``. Every input, ``out`` included, is
+    checked before the model loads. ``options`` are ``export_images``' (batch_size, precision,
+    faiss, nprobe, progress, on_total)."""
     from personsearch.accel import resolve_device
-    from personsearch.runs import load_trained
+    from personsearch.runs import load_trained, load_weights
+    from personsearch.settings import resolve_settings
+
+    if run is not None and weights is not None:
+        raise InputError("give either a run or --weights, not both")
 
     if (images is None) == (data is None):
         raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
@@ -406,7 +430,11 @@ def export_run(
     check_out(out, append, [images, data])  # a foreign, unwritable or input-overlapping --out
     torch_device = resolve_device(device)
     check_precision(options.get("precision", "fp32"), torch_device)
-    model = load_trained(run)
+    if weights is not None:
+        wanted = resolve_settings(sets=sets).model
+        model = load_weights(weights, wanted.image_size, wanted.stride, wanted.text_length)
+    else:
+        model = load_trained(run)
     workers = workers if workers is not None else model.settings.data.workers
     return export_images(model, out, images=images, prepared=data, split=split, append=append, device=torch_device,
                          workers=workers, **options)

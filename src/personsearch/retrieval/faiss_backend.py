@@ -5,7 +5,7 @@ Everything here works on plain arrays, FAISS index objects and header entries; i
 FAISS file in step with an append (``extend_index``); ``personsearch.retrieval.ann`` uses it to
 build one. A FAISS file is always written under a new name (``next_faiss_file_name``), so the old
 one stays valid until the header listing the new one is committed.
-Needs ``pip install personsearch[faiss]``.
+Needs ``pip install 'personsearch[faiss]'``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def require_faiss() -> Any:
         import faiss
     except ImportError:
         raise InputError(
-            "the FAISS backend is not installed", hint="pip install personsearch[faiss]"
+            "the FAISS backend is not installed",
+            hint="pip install 'personsearch[faiss]' (optional: exact search, without --faiss, needs nothing more)",
         ) from None
     return faiss
 

@@ -3,7 +3,9 @@
 Opening runs every check of the on-disk format (``index_format``: header, shard files, FAISS file;
 ``index_entry``: every metadata row) and then refuses a row whose path resolves, through symbolic
 links, outside the image root. ``GalleryIndex.image_path(row)`` is the one way to turn a row into
-a file to read.
+a file to read. The image root and the model's paths are also recorded relative to the index
+folder (``index_format``); ``image_root`` and ``model_info`` give them resolved, the relative form
+first where it exists (an index moved or copied together with its images and run).
 
 Search is exact by default (``personsearch.retrieval.search``); ``backend="faiss"`` uses the
 FAISS file the header lists (``personsearch.retrieval.faiss_backend``).
@@ -11,6 +13,7 @@ FAISS file the header lists (``personsearch.retrieval.faiss_backend``).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -22,10 +25,13 @@ import numpy as np
 import torch
 
 from personsearch.errors import InputError
+from personsearch.io.recorded import RELATIVE, describe_recorded, recorded_path
 from personsearch.retrieval import faiss_backend
 from personsearch.retrieval import search as exact
 from personsearch.retrieval.index_entry import IndexEntry, path_problem, read_shard_entries
-from personsearch.retrieval.index_format import check_faiss_file, damaged, open_shard, read_header
+from personsearch.retrieval.index_format import MODEL_PATH_KEYS, check_faiss_file, damaged, open_shard, read_header
+
+log = logging.getLogger(__name__)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -90,11 +96,22 @@ class GalleryIndex:
 
     @property
     def image_root(self) -> Path:
-        return Path(self.header["image_root"])
+        """The image folder: its form relative to the index folder where that exists, else the
+        absolute one (``personsearch.io.recorded``)."""
+        return recorded_path(self.header["image_root"], self._relative("image_root"), self.path)
 
     @property
     def model_info(self) -> dict[str, Any]:
-        return dict(self.header.get("model") or {})
+        """The header's ``model`` object; its paths (``MODEL_PATH_KEYS``) resolved like ``image_root``."""
+        info = dict(self.header.get("model") or {})
+        for key in MODEL_PATH_KEYS:
+            value, relative = info.get(key), self._relative(f"model.{key}")
+            if relative and isinstance(value, str) and "\x00" not in value:
+                info[key] = str(recorded_path(value, relative, self.path))
+        return info
+
+    def _relative(self, key: str) -> str | None:
+        return (self.header.get(RELATIVE) or {}).get(key)
 
     def __len__(self) -> int:
         return int(self.header["count"])
@@ -139,6 +156,9 @@ class GalleryIndex:
         realpath per folder). Skipped when the image root is absent here (nothing can be read)."""
         root = os.path.realpath(self.image_root)
         if not os.path.isdir(root):
+            log.warning("the images of index %s are not where it records them: %s is not there (moved?); results "
+                        "name paths under it, and their images cannot be shown", self.path,
+                        describe_recorded(self.header["image_root"], self._relative("image_root"), self.path))
             return
         parents: dict[str, str] = {"": root}
         for row, entry in enumerate(self.entries()):
@@ -221,7 +241,9 @@ class GalleryIndex:
             entry = self.header.get("faiss")
             if not entry:
                 raise InputError(
-                    f"{self.path} has no FAISS index", hint="build one with build_faiss (export --faiss)"
+                    f"{self.path} has no FAISS index",
+                    hint="export the gallery again with --faiss FACTORY (e.g. --faiss 'IVF1024,Flat'), "
+                    "or search it exactly (without --faiss)",
                 )
             try:
                 self._faiss = faiss_backend.read_index(self.path / entry["file"])
@@ -267,9 +289,15 @@ def files_to_embed(index: GalleryIndex | str | Path, candidate_files: Iterable[s
         index = GalleryIndex.open(index, verify=False)
     known = {(e.path, e.size, e.mtime_ns) for e in index.entries()}
     root = index.image_root
+    real_root = os.path.realpath(root)
     todo: list[Path] = []
     for file in candidate_files:
-        entry = IndexEntry.for_file(root, file)
+        path = Path(file)
+        if path.is_absolute() and not path.is_relative_to(root):  # the root reached through other links?
+            real_parent = os.path.realpath(path.parent)  # (a relative form is read back with links resolved)
+            if _inside(real_parent, real_root):
+                path = Path(os.path.relpath(os.path.join(real_parent, path.name), real_root))
+        entry = IndexEntry.for_file(root, path)
         if (entry.path, entry.size, entry.mtime_ns) not in known:
             todo.append(root / entry.path)
     return todo

@@ -37,6 +37,7 @@ from personsearch.io import (
     sha256_file,
     write_owner_marker,
 )
+from personsearch.io.recorded import MAX_RECORDED, RELATIVE, relative_path
 from personsearch.retrieval import faiss_backend
 from personsearch.retrieval.gallery import GalleryIndex, SearchResults, files_to_embed
 from personsearch.retrieval.index_entry import IndexEntry, path_problem
@@ -46,6 +47,7 @@ from personsearch.retrieval.index_format import (
     FORMAT_VERSION,
     HEADER_NAME,
     INDEX_KIND,
+    MODEL_PATH_KEYS,
     SHARD_FILE_RE,
     damaged,
     index_file_name,
@@ -210,7 +212,10 @@ def write_index(
     in memory at a time). ``metadata``: N ``IndexEntry`` objects or mappings with path (relative
     to ``image_root``), pid (int or None), size and mtime_ns, in row order. ``model_fingerprint``
     identifies weights + preprocessing; ``extra_header`` lands in the header under ``model``.
-    A folder at ``out`` that is not an index this tool wrote is refused, never replaced.
+    ``image_root`` and the absolute paths of ``extra_header`` (``MODEL_PATH_KEYS``) are also
+    recorded relative to ``out`` where ``personsearch.io.recorded`` allows, so an index moved or
+    copied together with them keeps working. A folder at ``out`` that is not an index this tool
+    wrote is refused, never replaced.
     """
     if not isinstance(model_fingerprint, str) or not model_fingerprint:
         raise InputError("model_fingerprint must be a non-empty string")
@@ -243,10 +248,27 @@ def write_index(
             "model": dict(extra_header or {}),
             "faiss": None,
         }
+        relative = _relative_paths(header, out)
+        if relative:
+            header[RELATIVE] = relative
         write_owner_marker(tmp, INDEX_KIND)
         atomic_write_json(tmp / HEADER_NAME, header)
     log.info("wrote index %s: %d rows in %d shards", out, writer.rows_written, len(writer.shards))
     return GalleryIndex.open(out, verify=False)
+
+
+def _relative_paths(header: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """The header's absolute paths relative to the index folder ``out`` (``RELATIVE_KEYS``)."""
+    found = {"image_root": header["image_root"]}
+    found.update({f"model.{key}": header["model"].get(key) for key in MODEL_PATH_KEYS})
+    relative = {}
+    for key, value in found.items():
+        if isinstance(value, str) and os.path.isabs(value) and "\x00" not in value:
+            moved = relative_path(value, out)
+            if moved is not None and len(moved) <= MAX_RECORDED:
+                relative[key] = moved
+    return relative
+
 
 def clean_unlisted(folder: Path, header: Mapping[str, Any]) -> None:
     """Remove files a killed append left behind (never anything the header lists)."""

@@ -10,6 +10,12 @@ Layout of an index folder::
                          (see ``personsearch.retrieval.index_entry``)
     faiss-00000.index    optional approximate index (see ``personsearch.retrieval.ann``)
 
+Paths in the header (``image_root``; ``run``, ``weights``, ``images`` and ``data`` under ``model``)
+are absolute, and ``relative`` (optional: none in indexes written before it) holds them relative
+to the index folder too (``{"image_root": "../../raw", "model.run": "..", ...}``): read first
+where they exist, so an index moved or copied together with its images and run keeps working
+(``personsearch.io.recorded``). ``GalleryIndex`` resolves them (``image_root``, ``model_info``).
+
 ``header.json`` is the commit point. A new index is built in a temporary folder and renamed into
 place whole; an append writes its new shard first and replaces the header last, so readers only
 ever see shards the header lists and an interrupted append leaves the old index valid. Files the
@@ -43,6 +49,7 @@ import numpy as np
 
 from personsearch.errors import InputError
 from personsearch.io import OWNER_MARKER, sha256_file
+from personsearch.io.recorded import RELATIVE, relative_fault
 
 FORMAT_NAME = "personsearch-index"
 FORMAT_VERSION = 1
@@ -159,6 +166,10 @@ def short_reason(exc: BaseException) -> str:
 
 
 _REQUIRED = ("dim", "count", "shards", "model_fingerprint", "image_root")
+#: Keys under the header's ``model`` that hold paths (absolute; relative forms under ``relative``).
+MODEL_PATH_KEYS = ("run", "weights", "images", "data")
+#: The keys the header's ``relative`` object may hold: the header fields whose relative form it is.
+RELATIVE_KEYS = ("image_root", *(f"model.{key}" for key in MODEL_PATH_KEYS))
 _SHARD_INT_KEYS = ("rows", "embeddings_bytes", "metadata_bytes")
 
 
@@ -200,6 +211,14 @@ def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
     root = header["image_root"]
     if not isinstance(root, str) or not os.path.isabs(root) or "\x00" in root or len(root) > 4096:
         raise bad(f"has image_root {root!r:.200}, not an absolute folder path")
+    relative = header.get(RELATIVE)
+    if relative is not None:
+        if not isinstance(relative, dict) or set(relative) - set(RELATIVE_KEYS):
+            raise bad(f"has {RELATIVE} {relative!r:.200}, not an object of {', '.join(RELATIVE_KEYS)}")
+        for key, value in relative.items():
+            fault = relative_fault(value)
+            if fault:
+                raise bad(f"has {RELATIVE}[{key!r}] {value!r:.200}, which {fault}")
     if "shard_size" in header and not is_integer(header["shard_size"], 1):
         raise bad(f"has shard_size {header['shard_size']!r:.60}, not a positive integer")
     for key in ("created", "updated"):

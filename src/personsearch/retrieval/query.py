@@ -8,7 +8,7 @@ are tokenized exactly as in training (CLIP BPE, cut to the model's text length w
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,23 @@ class QueryHit:
 @dataclass
 class QueryResult:
     """The ranked gallery images for one query; ``truncated`` when the text was cut to the
-    model's context length."""
+    model's context length; ``known_words`` False when no word of it occurs in the captions the
+    model was trained on (None: the model recorded none)."""
 
     query: str
     results: list[QueryHit] = field(default_factory=list)
     truncated: bool = False
+    known_words: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"query": self.query, "results": [hit.to_json() for hit in self.results]}
+        found = {"query": self.query, "results": [hit.to_json() for hit in self.results]}
+        if self.known_words is False:
+            found["note"] = UNKNOWN_WORDS_NOTE
+        return found
+
+
+#: Said beside the results of a query none of whose words the model saw in training.
+UNKNOWN_WORDS_NOTE = "no word of this query occurs in the captions the model was trained on: the ranking means little"
 
 
 def clean_queries(texts: Sequence[str], where: str = "query") -> list[str]:
@@ -144,13 +153,16 @@ def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tup
     return run / RUN_INDEX_DIR, True
 
 
-def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
-    """The ``TrainedModel`` that made ``index``: ``run`` when given, otherwise the weights the
-    index header records. A model with another fingerprint is refused (exit 2)."""
+def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights: str | Path | None = None) -> Any:
+    """The ``TrainedModel`` that made ``index``: ``run`` (a trained run) or ``weights`` (plain CLIP
+    weights, zero-shot) when given, otherwise the model the index header records. A model with
+    another fingerprint is refused (exit 2)."""
     from personsearch.runs import load_trained
 
-    if run is not None:
-        model = load_trained(run)
+    if run is not None and weights is not None:
+        raise InputError("give either --run or --weights, not both")
+    if run is not None or weights is not None:
+        model = load_trained(run) if run is not None else _weights_for(index, weights)
         if model.fingerprint != index.model_fingerprint:
             made_by = index.model_info.get("run", "an unrecorded model")
             raise InputError(
@@ -172,7 +184,7 @@ def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
             f"the model that made index {index.path} is gone: {source} does not exist",
             hint="pass --run RUN with the (moved) run folder",
         )
-    model = load_trained(source)
+    model = _weights_for(index, source) if info.get("kind") == "weights" else load_trained(source)
     if model.fingerprint != index.model_fingerprint:
         raise InputError(
             f"{source} has changed since index {index.path} was made (fingerprint {model.fingerprint}, "
@@ -180,6 +192,17 @@ def model_for_index(index: GalleryIndex, run: str | Path | None = None) -> Any:
             hint="export the gallery again, or pass --run with the original weights",
         )
     return model
+
+
+def _weights_for(index: GalleryIndex, source: str | Path) -> Any:
+    """Plain CLIP weights with the preprocessing the index records (zero-shot search)."""
+    from personsearch.runs import load_weights
+
+    info = index.model_info
+    size, stride, length = info.get("image_size"), info.get("stride"), info.get("text_length")
+    return load_weights(source, image_size=size if isinstance(size, list) else None,
+                        stride=stride if isinstance(stride, int) else None,
+                        text_length=length if isinstance(length, int) else None)
 
 
 def encode_queries(
@@ -264,6 +287,12 @@ def _search(model: Any, index: GalleryIndex, texts: Sequence[str], k: int, backe
     check_result_count(len(texts), k, len(index))
     features, truncated = encode_queries(model, texts, device=device, precision=precision)
     results = rank_results(index, texts, features, k, backend=backend, nprobe=nprobe, truncated=truncated)
+    if getattr(model, "kind", None) == "run":
+        from personsearch.runs import knows_query, run_vocabulary
+
+        vocabulary = run_vocabulary(model.source)
+        for result in results:
+            result.known_words = knows_query(vocabulary, result.query)
     return results, features
 
 
@@ -294,6 +323,7 @@ def run_queries(
     *,
     index: str | Path | None = None,
     run: str | Path | None = None,
+    weights: str | Path | None = None,
     k: int = 10,
     query_file: str | Path | None = None,
     sheet: str | Path | None = None,
@@ -301,13 +331,14 @@ def run_queries(
     nprobe: int | None = None,
     check_recall: bool = False,
     verify: bool = True,
-    device: str = "cpu",
+    device: str = "auto",
     precision: str = "fp32",
     output_dir: str | Path | None = None,
 ) -> QueryRun:
     """``personsearch query`` as one call: find the index (the newest run's when ``index`` is None),
-    load the model that made it (or ``run``, which must match), encode, rank, and optionally check
-    FAISS recall and draw a contact sheet. Every input is checked before the model loads."""
+    load the model that made it (or ``run`` / plain CLIP ``weights``, which must match), encode,
+    rank, and optionally check FAISS recall and draw a contact sheet. Every input is checked
+    before the model loads."""
     from personsearch.accel import check_precision, resolve_device
     from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
 
@@ -331,7 +362,7 @@ def run_queries(
         check_sheet_target(sheet, owned=[("the index", index_path)])
     gallery = GalleryIndex.open(index_path, verify=verify)
     check_result_count(len(given), k, len(gallery))  # before the model loads
-    model = model_for_index(gallery, run)
+    model = model_for_index(gallery, run, weights)
     if sheet is not None:  # never over a gallery image, the weights or a run's files
         check_sheet_target(sheet, owned=[("the gallery's image folder", gallery.image_root),
                                          ("the model weights", model.weights)], runs=[("the run", model.source)])
@@ -352,21 +383,80 @@ def image_file(index: GalleryIndex, hit: QueryHit) -> Path:
     return index.image_path(hit.row)
 
 
+def gallery_attributes(index: GalleryIndex) -> dict[str, dict[str, str]] | None:
+    """The synthetic set's recorded attributes of the images of ``index``, keyed by the index's
+    image paths; None when the gallery is not drawn from the synthetic set (its image root is not
+    a synthetic raw folder, its ``imgs`` or ``imgs/synthetic``). A damaged attributes.json is an
+    InputError naming it."""
+    from personsearch.data.synthetic.queries import attributes_under
+
+    return attributes_under(index.image_root)
+
+
+def attribute_matches(
+    index: GalleryIndex, result: QueryResult, attributes: Mapping[str, Mapping[str, str]] | None = None
+) -> list[bool] | None:
+    """Per hit of ``result``, best first: whether its image has every attribute the query names
+    (read with the synthetic vocabulary, ``personsearch.data.synthetic.parse_query``). None when
+    the gallery is not the synthetic set or the query names no attribute of it. An image the
+    attributes file does not list counts as not matching. ``attributes`` (``gallery_attributes``
+    of the same index) saves reading the file again for each result."""
+    from personsearch.data.synthetic.queries import matches, parse_query
+
+    named = parse_query(result.query)
+    if not named:
+        return None
+    if attributes is None:
+        attributes = gallery_attributes(index)
+        if attributes is None:
+            return None
+    return [matches(named, attributes.get(hit.path)) for hit in result.results]
+
+
+def describe_matches(flags: Sequence[bool]) -> str:
+    """The words "k of N match every attribute named" for the flags of ``attribute_matches``."""
+    return f"{sum(flags)} of {len(flags)} match every attribute named"
+
+
 def render_query_sheet(
     index: GalleryIndex, results: Sequence[QueryResult], out_path: str | Path, caption_chars: int = 300
 ) -> Path:
     """A contact sheet PNG: one row per query (its text as the caption), the top-k images with
-    rank and score. Returns ``out_path``."""
-    from personsearch.sheet import SheetRow, SheetTile, render_contact_sheet
+    rank and score. On a gallery of the synthetic set each image is framed green when it has every
+    attribute the query names and red otherwise (``attribute_matches``), and the caption says
+    "k of N match every attribute named" and which; other galleries are drawn unmarked. Returns
+    ``out_path``."""
+    from personsearch.data.synthetic.queries import SYNTHETIC_LABEL, parse_query
+    from personsearch.sheet import MATCH, MISMATCH, SheetRow, SheetTile, render_contact_sheet
 
+    title = f"{index.path.name}: {len(index)} images"
+    try:
+        attributes = gallery_attributes(index)
+    except InputError as exc:  # the results stand; only the marks are lost
+        log.warning("query sheet: hits are not marked, the synthetic attributes are unreadable: %s", exc)
+        attributes = None
+        title += f", {SYNTHETIC_LABEL} (hits not marked: its attributes.json is unreadable)"
+    if attributes is not None:
+        title += f", {SYNTHETIC_LABEL}; frame green: has every attribute the query names, red: does not"
     rows = []
     for result in results:
         caption = (
             result.query if len(result.query) <= caption_chars else result.query[: caption_chars - 1] + "…"
         )
-        tiles = [SheetTile(image_file(index, hit), f"#{hit.rank} {hit.score:.3f}") for hit in result.results]
+        flags = attribute_matches(index, result, attributes) if attributes is not None else None
+        frames: list[str | None] = [None] * len(result.results)
+        if flags is not None:
+            frames = [MATCH if flag else MISMATCH for flag in flags]
+            named = ", ".join(f"{name} {value}" for name, value in parse_query(result.query).items())
+            caption += f"\n{describe_matches(flags)} ({named})"
+        elif attributes is not None:
+            caption += "\nnames no attribute of the synthetic set: hits not marked"
+        tiles = [
+            SheetTile(image_file(index, hit), f"#{hit.rank} {hit.score:.3f}", frame)
+            for hit, frame in zip(result.results, frames, strict=True)
+        ]
         rows.append(SheetRow(caption, tiles))
-    render_contact_sheet(rows, out_path, title=f"{index.path.name}: {len(index)} images")
+    render_contact_sheet(rows, out_path, title=title)
     return Path(out_path)
 
 
@@ -376,9 +466,12 @@ __all__ = [
     "QueryResult",
     "QueryRun",
     "check_result_count",
+    "attribute_matches",
     "clean_queries",
+    "describe_matches",
     "encode_queries",
     "find_index",
+    "gallery_attributes",
     "image_file",
     "model_for_index",
     "rank_results",

@@ -37,20 +37,23 @@ def explain_with(
     layers: int | None = None,
     temperature: float | None = None,
     ratio: float | None = None,
+    random: bool = False,
 ) -> ExplainedCaption:
     """Which tokens AGM finds important in ``caption`` and which one draw (``seed``) masks.
 
     The model is ``run``'s or ``weights``' CLIP; with neither, the most recent run under the
-    settings' output folder, or a random CLIP when there is none. ``layers``, ``temperature`` and
-    ``ratio`` override the masking settings (of the run, or of ``config``/``sets``).
+    settings' output folder (a demo's included). A randomly initialised CLIP (its importances show
+    the mechanism only) is used only when asked for with ``random``, never as a silent fallback.
+    ``layers``, ``temperature`` and ``ratio`` override the masking settings (of the run, or of
+    ``config``/``sets``).
     """
     import torch
 
     from personsearch.model.explain import explain_caption
 
-    if run is not None and weights is not None:
-        raise InputError("give either --run or --weights, not both")
-    settings, clip, source, chosen = _model(run, weights, config, list(sets), seed)
+    if sum(x is not None and x is not False for x in (run, weights, random)) > 1:
+        raise InputError("give one of --run, --weights or --random")
+    settings, clip, source, chosen = _model(run, weights, config, list(sets), seed, random)
     overrides = {"layers": layers, "temperature": temperature, "ratio": ratio}
     masking = settings.masking.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if masking.ratio <= 0:
@@ -61,8 +64,17 @@ def explain_with(
 
 
 def _model(run: str | Path | None, weights: str | Path | None, config: str | Path | None, sets: list[str],
-           seed: int) -> tuple[Settings, Any, Path | str | None, bool]:
+           seed: int, random: bool) -> tuple[Settings, Any, Path | str | None, bool]:
     from personsearch.model import load_clip
+
+    if random:
+        import torch
+
+        from personsearch.model import build_clip
+
+        torch.manual_seed(seed)
+        clip = build_clip(RANDOM_ARCH, image_size=(16, 16), stride=16).eval()
+        return resolve_settings(config=config, sets=sets), clip, None, False
 
     if weights is not None:
         settings = resolve_settings(config=config, sets=sets)
@@ -83,10 +95,8 @@ def _model(run: str | Path | None, weights: str | Path | None, config: str | Pat
         settings = resolve_settings(config=config, sets=sets, base=load_run_settings(run))
         clip = load_clip(run, image_size=settings.model.image_size, stride=settings.model.stride)
         return settings, clip.eval(), run, chosen
-    import torch
-
-    from personsearch.model import build_clip
-
-    torch.manual_seed(seed)
-    return resolve_settings(config=config, sets=sets), build_clip(RANDOM_ARCH, image_size=(16, 16), stride=16).eval(), \
-        None, False
+    raise InputError(
+        "no trained run to explain with: no run under the output folder has weights",
+        hint="pass --run RUN or --weights SOURCE (e.g. ViT-B/16), or --random to see the mechanism on an "
+             "untrained model (its importances mean nothing)",
+    )

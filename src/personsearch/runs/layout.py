@@ -33,11 +33,13 @@ LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
 INDEX_DIR = "index"
 RUN_KIND = "run"
+DEMO_KIND = "demo"  # a demo folder: its runs (run/, run-random/, run-attention/) are found like any other
 IRRA_CONFIG = "configs.yaml"
 IRRA_WEIGHTS = ("best.pth", "last.pth")
 
 __all__ = [
-    "CHECKPOINT_DIR", "CONFIG_FILE", "INDEX_DIR", "IRRA_CONFIG", "IRRA_WEIGHTS", "LOCK_FILE", "LOGGER_NAME",
+    "CHECKPOINT_DIR", "CONFIG_FILE", "DEMO_KIND", "INDEX_DIR", "IRRA_CONFIG", "IRRA_WEIGHTS", "LOCK_FILE",
+    "LOGGER_NAME",
     "LOG_FILE", "METRICS_FILE", "RUN_KIND", "append_metrics", "check_run_files", "checkpoint_dir", "find_run",
     "is_irra_run", "is_run", "latest_run", "load_run_settings", "read_weights_meta",
 ]
@@ -70,11 +72,19 @@ def find_run(path: str | Path) -> Path | None:
 
 
 def latest_run(output_dir: str | Path = "runs", require: str | None = None) -> Path | None:
-    """The most recently modified run under ``output_dir`` (optionally one containing ``require``)."""
+    """The most recently modified run under ``output_dir`` (optionally one containing ``require``);
+    the runs inside a demo folder there (``runs/demo/run``) count too."""
     parent = Path(output_dir)
     if not parent.is_dir():
         return None
-    candidates = [p for p in parent.iterdir() if p.is_dir() and is_run(p)]
+    candidates = []
+    for child in parent.iterdir():
+        if not child.is_dir() or child.is_symlink():
+            continue
+        if is_run(child):
+            candidates.append(child)
+        elif owner_kind(child) == DEMO_KIND:
+            candidates += [p for p in child.iterdir() if p.is_dir() and not p.is_symlink() and is_run(p)]
     if require is not None:
         candidates = [p for p in candidates if (p / require).exists()]
     if not candidates:

@@ -20,6 +20,7 @@ from personsearch.io import (
     safe_component,
     write_owner_marker,
 )
+from personsearch.io.recorded import RELATIVE, recorded_path, relative_fault
 from personsearch.runs.layout import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -31,7 +32,7 @@ from personsearch.runs.layout import (
     check_run_files,
     is_run,
 )
-from personsearch.settings import Settings
+from personsearch.settings import Settings, settings_file_text
 
 
 def new_run_name(prefix: str = "run") -> str:
@@ -44,7 +45,8 @@ def plan_run(*, config: str | Path | None = None, sets: Sequence[str] = (),
     """The settings and the folder of a run about to start or continue, checked before anything
     is written: a resumed run keeps its own settings with the given changes on top (training
     refuses the ones that cannot change); a new run gets ``name`` (one safe folder name) or one
-    made from the config file's name and the time."""
+    made from the config file's name and the time. Budgets (``BUDGET_KEYS``) come from this call
+    only: they are never saved with the run, so a resume trains on unless it is given one again."""
     from personsearch.runs.layout import load_run_settings
     from personsearch.settings import resolve_settings
 
@@ -55,7 +57,10 @@ def plan_run(*, config: str | Path | None = None, sets: Sequence[str] = (),
         if not is_run(run_dir):
             raise InputError(f"{run_dir} is not a run folder (no config.yaml written by `personsearch train`)",
                              hint="pass the folder `personsearch train` created under runtime.output_dir")
-        settings = resolve_settings(config=config, sets=sets, overrides=overrides, base=load_run_settings(run_dir))
+        # The saved settings without budgets (a run saved before budgets were left out may hold one):
+        # only the budgets given now apply.
+        saved = without_budgets(load_run_settings(run_dir))
+        settings = resolve_settings(config=config, sets=sets, overrides=overrides, base=saved)
     else:
         settings = resolve_settings(config=config, sets=sets, overrides=overrides)
         if name is None and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -102,8 +107,28 @@ def create_run(settings: Settings, name: str | None = None, output_dir: str | Pa
     ensure_writable(run_dir, option="run folder")
     (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     write_owner_marker(run_dir, RUN_KIND)
-    atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())
+    save_run_settings(run_dir, settings)
     return run_dir
+
+
+def save_run_settings(run_dir: str | Path, settings: Settings) -> None:
+    """Save ``settings`` as the run's ``config.yaml``, its dataset (``data.root``) recorded relative
+    to the run folder (``settings_file_text``), so a run and its data moved or copied together keep
+    working; ``load_run_settings`` resolves it against the run folder again. Budgets are left out
+    (``without_budgets``)."""
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, settings_file_text(without_budgets(settings), run_dir))
+
+
+#: Settings that bound one invocation of training, however given (an option, --set, a config file,
+#: the environment): they apply to that invocation only and are never saved in a run's config.yaml,
+#: so `train --resume RUN` after a `--max-steps` stop trains on to the last epoch.
+BUDGET_KEYS = ("train.max_steps", "train.max_minutes")
+
+
+def without_budgets(settings: Settings) -> Settings:
+    """``settings`` with no budget (``BUDGET_KEYS`` unset): the form a run saves."""
+    budgets = {key.split(".", 1)[1]: None for key in BUDGET_KEYS}
+    return settings.model_copy(update={"train": settings.train.model_copy(update=budgets)})
 
 
 @contextlib.contextmanager
@@ -199,22 +224,28 @@ def check_outside_inputs(run_dir: str | Path, data_root: str | Path | None, raw_
 
 
 def _manifest_raw_root(data_root: Path) -> str | None:
-    """The raw image folder a prepared dataset names (a small, bounded read; None when unreadable)."""
+    """The raw image folder a prepared dataset names (a small, bounded read; None when unreadable):
+    its relative form first where that exists, as ``PreparedDataset`` reads it (``io.recorded``)."""
     import json
 
     path = data_root / "manifest.json"
+
+    def field(head: str, name: str) -> Any:
+        marker = head.find(f'"{name}"')
+        return None if marker < 0 else json.JSONDecoder().raw_decode(head[head.index(":", marker) + 1:].lstrip())[0]
+
     try:
         if not path.is_file() or path.stat().st_size > (64 << 20):
             return None
         with open(path, "rb") as handle:
             head = handle.read(1 << 16).decode("utf-8", errors="replace")
-        marker = head.find('"raw_root"')
-        if marker < 0:
-            return None
-        value, _ = json.JSONDecoder().raw_decode(head[head.index(":", marker) + 1:].lstrip())
+        value, relative = field(head, "raw_root"), field(head, RELATIVE)  # the first "raw_root" is the absolute one
     except (OSError, ValueError):
         return None
-    return value if isinstance(value, str) and os.path.isabs(value) else None
+    if not isinstance(value, str) or not os.path.isabs(value) or "\x00" in value:
+        return None
+    moved = relative.get("raw_root") if isinstance(relative, dict) else None
+    return str(recorded_path(value, moved if relative_fault(moved) is None else None, data_root))
 
 
 def _remove_if_empty(folders: list[Path]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class TrainedModel:
     source: Path
     weights: Path
     fingerprint: str
-    kind: str  # "run" or "irra"
+    kind: str  # "run", "irra" or "weights" (plain CLIP weights: zero-shot)
     num_classes: int | None = None  # identities of the checkpoint's classifier (none: no ID head saved)
 
 
@@ -145,3 +146,33 @@ def load_trained(
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
     return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",
                         loaded.num_classes)
+
+
+def load_weights(
+    source: str | Path,
+    image_size: tuple[int, int] | list[int] | None = None,
+    stride: int | None = None,
+    text_length: int | None = None,
+) -> TrainedModel:
+    """A model for zero-shot search from plain CLIP weights (a file, a folder or a model name such
+    as ViT-B/16: anything ``load_clip`` reads), without a trained run. Image size, stride and text
+    length default to the settings' defaults (IRRA's 384x128, 16, 77); the fingerprint hashes the
+    weights file(s) with them, as for a run."""
+    from personsearch.model import load_checkpoint
+    from personsearch.model.weights_trust import file_sha256
+
+    overrides = {"model.image_size": list(image_size) if image_size is not None else None, "model.stride": stride,
+                 "model.text_length": text_length, "model.pretrained": str(source)}
+    settings = resolve_settings(overrides=overrides, environ={})
+    model = settings.model
+    loaded = load_checkpoint(source, image_size=model.image_size, stride=model.stride,
+                             context_length=model.text_length)
+    path = loaded.path
+    if path.is_dir():  # a Hugging Face folder: every regular file it holds, by name
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink())
+        digest = hashlib.sha256("".join(f"{p.name}:{file_sha256(p)[0]};" for p in files).encode()).hexdigest()
+    else:
+        digest = file_sha256(path)[0]
+    resolved = Path(os.path.abspath(path))
+    return TrainedModel(loaded.clip.eval(), settings, resolved, resolved, model_fingerprint(digest, settings),
+                        "weights", loaded.num_classes)

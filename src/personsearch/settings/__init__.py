@@ -6,13 +6,15 @@ verb's own options. Every error names the key, the value and where it came from.
 
 Rooms: ``tree`` (the sections and their checks), ``fields`` (the value types), ``limits`` (every
 bound), ``resolve`` (sources in order), ``layers`` (provenance), ``config_file`` and ``yaml_loader``
-(reading YAML safely), ``messages`` (one line per refusal).
+(reading YAML safely), ``file_paths`` (path settings relative to the file holding them), ``messages``
+(one line per refusal).
 """
 
 from __future__ import annotations
 
 from personsearch.settings.config_file import SETTINGS_FILE, read_yaml_file
 from personsearch.settings.fields import Beta, PathText, Probability, Side, Text
+from personsearch.settings.file_paths import FILE_RELATIVE_PATHS, anchor_file_paths, settings_file_text
 from personsearch.settings.limits import (
     CROSS_HEAD_WIDTH,
     INT64_MAX,
@@ -52,6 +54,7 @@ from personsearch.settings.tree import (
 __all__ = [
     "CROSS_HEAD_WIDTH",
     "ENV_PREFIX",
+    "FILE_RELATIVE_PATHS",
     "INT64_MAX",
     "LOSS_NAMES",
     "MAX_BATCH",
@@ -87,7 +90,9 @@ __all__ = [
     "Side",
     "Text",
     "TrainSettings",
+    "anchor_file_paths",
     "parse_set",
     "read_yaml_file",
     "resolve_settings",
+    "settings_file_text",
 ]

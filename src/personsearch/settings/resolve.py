@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from personsearch.errors import InputError
 from personsearch.settings.config_file import read_yaml_file
+from personsearch.settings.file_paths import anchor_file_paths
 from personsearch.settings.layers import Layers
 from personsearch.settings.messages import describe
 from personsearch.settings.printable import safe_text
@@ -77,9 +78,10 @@ def resolve_settings(
 ) -> Settings:
     """Build the settings tree from its sources (later wins).
 
-    ``base`` replaces the defaults (a run's saved ``config.yaml``); ``config`` is a YAML file or a
-    mapping; ``sets`` are ``section.key=value`` strings; ``overrides`` are a verb's own options as
-    dotted keys (``None`` values are ignored, so unset options do not override).
+    ``base`` replaces the defaults (a run's saved ``config.yaml``); ``config`` is a YAML file (a
+    relative ``data.root`` in it is relative to the file's folder: ``file_paths``) or a mapping;
+    ``sets`` are ``section.key=value`` strings; ``overrides`` are a verb's own options as dotted
+    keys (``None`` values are ignored, so unset options do not override).
     """
     layers = Layers()
     if base is not None:
@@ -89,6 +91,7 @@ def resolve_settings(
             layers.merge(config, "config")
         else:
             data, lines = read_yaml_file(config)
+            data = anchor_file_paths(data, Path(config).parent)  # a relative data.root: relative to the file
             shown = safe_text(config, 300)
             origins = {key: f"{shown}:{line}" for key, line in lines.items()}
             origins[""] = shown

@@ -48,7 +48,11 @@ class Section(BaseModel):
 class DataSettings(Section):
     """Where the prepared dataset is and how samples are drawn from it."""
 
-    root: PathText | None = Field(None, description="prepared dataset folder (written by `personsearch prepare`)")
+    root: PathText | None = Field(
+        None,
+        description="prepared dataset folder (written by `personsearch prepare`); relative to the file in a settings "
+        "file (a run's config.yaml records it so), else to the current folder",
+    )
     augment: bool = Field(
         True, description="augmentation: pad 10 + random crop, random erasing (the flip stays either way, as IRRA)"
     )

@@ -8,6 +8,7 @@ from personsearch.text.tokenizer import (
     ClipTokenizer,
     clean_text,
     default_tokenizer,
+    text_words,
     tokenize,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "ClipTokenizer",
     "clean_text",
     "default_tokenizer",
+    "text_words",
     "tokenize",
 ]

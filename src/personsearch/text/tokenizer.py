@@ -85,6 +85,16 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
+def text_words(text: str) -> list[str]:
+    """The words the tokenizer sees in ``text`` (CLIP cleaning, lowercase): letters only, so
+    punctuation and digits are left out. A run records those of its training captions."""
+    if _PLAIN_ASCII.fullmatch(text) is not None:
+        words = _ASCII_WORD_PATTERN.findall(" ".join(text.split()).lower())
+    else:
+        words = _WORD_PATTERN.findall(clean_text(text))
+    return [word for word in words if word.isalpha()]
+
+
 def _pairs(word: Sequence[str]) -> set[tuple[str, str]]:
     return {(word[i], word[i + 1]) for i in range(len(word) - 1)}
 

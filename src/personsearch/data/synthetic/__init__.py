@@ -9,6 +9,21 @@ from personsearch.data.synthetic.attributes import (
     words_for,
 )
 from personsearch.data.synthetic.captioner import caption_pair, tokenize_caption, write_caption
+from personsearch.data.synthetic.queries import (
+    ATTRIBUTES_FILE,
+    SYNTHETIC_LABEL,
+    attributes_under,
+    find_synthetic_root,
+    is_synthetic_raw,
+    load_attributes,
+    matches,
+    matching_in_top_k,
+    parse_query,
+    phrase_query,
+    precision_at_k,
+    queries_from_gallery,
+    query_combinations,
+)
 from personsearch.data.synthetic.renderer import IMAGE_SIZE, RenderedImage, encode_jpeg, render_person
 from personsearch.data.synthetic.writer import (
     SYNTHETIC_KIND,
@@ -20,16 +35,29 @@ from personsearch.data.synthetic.writer import (
 )
 
 __all__ = [
+    "ATTRIBUTES_FILE",
     "ATTRIBUTE_NAMES",
     "IMAGE_SIZE",
+    "SYNTHETIC_KIND",
+    "SYNTHETIC_LABEL",
     "VERBALISATIONS",
     "RenderedImage",
-    "SYNTHETIC_KIND",
+    "attributes_under",
     "caption_pair",
     "check_raw_target",
     "encode_jpeg",
+    "find_synthetic_root",
     "generate_raw_dataset",
     "is_legacy_synthetic",
+    "is_synthetic_raw",
+    "load_attributes",
+    "matches",
+    "matching_in_top_k",
+    "parse_query",
+    "phrase_query",
+    "precision_at_k",
+    "queries_from_gallery",
+    "query_combinations",
     "render_person",
     "sample_identities",
     "split_sizes",

@@ -18,11 +18,16 @@ from personsearch.data.synthetic.attributes import VERBALISATIONS, visible_attri
 
 MIN_WORDS, MAX_WORDS = 15, 35
 MIN_FRACTION = 0.6
+#: Varied captions tried before the compact form (which always fits).
+_ATTEMPTS = 40
+_DETERMINERS = ("a", "the", "this")
 
 #: Mentioned in every caption when present.
 _CORE = ("gender", "upper_type", "upper_color", "lower_type", "lower_color")
 #: A colour is only said together with the thing it colours.
 _NEEDS = {"bag_color": "bag", "headwear_color": "headwear"}
+
+_PRONOUNS = frozenset({"he", "his", "him", "she", "her"})
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
@@ -218,18 +223,56 @@ class _Writer:
         sentences += [make() for make in rest]
         return sentences
 
-    def filler(self) -> str:
+    def fillers(self) -> list[str]:
+        """Sentences that add no attribute (how the person moves or looks)."""
         direction = {"front": "towards the camera", "back": "away from the camera", "side": "to the side"}
-        return self.rng.choice(
-            (
-                f"{self.pron} is walking",
-                f"{self.pron} looks young",
-                f"{self.pron} appears to be walking {direction.get(self.viewpoint, 'along')}",
-                f"{self.pron} seems to be in a hurry",
-                "the person is walking down the street",
-                f"{self.pron} is standing still" if self.viewpoint == "front" else f"{self.pron} is walking",
-            )
-        )
+        return [
+            f"{self.pron} is walking",
+            f"{self.pron} looks young",
+            f"{self.pron} appears to be walking {direction.get(self.viewpoint, 'along')}",
+            f"{self.pron} seems to be in a hurry",
+            "the person is walking down the street",
+            f"{self.pron} is standing still" if self.viewpoint == "front" else f"{self.pron} is walking",
+        ]
+
+    def filler(self) -> str:
+        return self.rng.choice(self.fillers())
+
+    def compact(self, det: str) -> list[str]:
+        """The shortest sentences that state every attribute to mention, in their plain words: at
+        most 31 words whatever is mentioned, so a caption always fits MAX_WORDS. Used only when the
+        varied forms keep coming out too long (a person with every attribute visible)."""
+        a, m, pron = self.a, self.m, self.pron
+
+        def plain(name: str) -> str:
+            return VERBALISATIONS[name][a[name]][0] if name in m else ""
+
+        def phrase(*words: str) -> str:
+            return " ".join(w for w in words if w)
+
+        upper = _article(phrase(plain("upper_color"), plain("upper_pattern"), plain("upper_type") or "top"))
+        worn = [upper]
+        if a.get("lower_type", "none") != "none" and "lower_type" in m:
+            lower = phrase(plain("lower_color"), plain("lower_type"))
+            worn.append(_article(lower) if a["lower_type"] == "skirt" else lower)
+        if "shoe_color" in m:
+            worn.append(f"{plain('shoe_color')} shoes")
+        noun = self.rng.choice([w for w in VERBALISATIONS["gender"][a["gender"]] if w not in _PRONOUNS])
+        hair = phrase(plain("hair_length"), plain("hair_color"))
+        opening = phrase(_article(noun) if det == "a" else f"{det} {noun}", f"with {hair} hair" if hair else "")
+        clothes = worn[0] if len(worn) == 1 else ", ".join(worn[:-1]) + " and " + worn[-1]
+        sentences = [f"{opening} wears {clothes}"]
+        carried = [_article(phrase(plain("bag_color"), plain("bag"))) if part == "bag" else _article(plain("item"))
+                   for part in ("bag", "item") if part in m]
+        if carried:
+            sentences.append(f"{pron} carries {' and '.join(carried)}")
+        if "headwear" in m:
+            sentences.append(f"{pron} wears {_article(phrase(plain('headwear_color'), plain('headwear')))}")
+        fillers = self.fillers()
+        self.rng.shuffle(fillers)
+        while len(_finish(sentences).split()) < MIN_WORDS and fillers:
+            sentences.append(fillers.pop())
+        return sentences
 
 
 def _finish(sentences: list[str]) -> str:
@@ -259,10 +302,14 @@ def _choose_mentions(
 def write_caption(
     attrs: Mapping[str, str], rng: random.Random, viewpoint: str = "front", required: set[str] | None = None
 ) -> tuple[str, set[str]]:
-    """One caption and the attribute names it mentions (always including ``required``)."""
+    """One caption and the attribute names it mentions (always including ``required``).
+
+    Varied forms are tried first; when they keep coming out longer than MAX_WORDS (a person with
+    every attribute visible, and many of them required), the fewest attributes allowed are said
+    in the compact form, which always fits: every identity gets a caption."""
     required = set(required or ())
     keep = 0.75
-    for _attempt in range(40):
+    for _attempt in range(_ATTEMPTS):
         mention = _choose_mentions(attrs, rng, required, keep)
         writer = _Writer(attrs, mention, rng, viewpoint)
         sentences = writer.sentences()
@@ -276,7 +323,15 @@ def write_caption(
             return text, mention
         if words > MAX_WORDS:
             keep = max(0.0, keep - 0.15)
-    raise RuntimeError(f"could not phrase a caption of {MIN_WORDS}-{MAX_WORDS} words for {dict(attrs)}")
+    return _compact_caption(attrs, rng, viewpoint, required)
+
+
+def _compact_caption(attrs: Mapping[str, str], rng: random.Random, viewpoint: str, required: set[str],
+                     det: str | None = None) -> tuple[str, set[str]]:
+    """A caption in the compact form, mentioning the fewest attributes allowed (with ``required``)."""
+    mention = _choose_mentions(attrs, rng, required, 0.0)
+    writer = _Writer(attrs, mention, rng, viewpoint)
+    return _finish(writer.compact(det or rng.choice(_DETERMINERS))), mention
 
 
 def caption_pair(attrs: Mapping[str, str], rng: random.Random, viewpoint: str = "front") -> tuple[str, str]:
@@ -287,4 +342,6 @@ def caption_pair(attrs: Mapping[str, str], rng: random.Random, viewpoint: str = 
         second, _ = write_caption(attrs, rng, viewpoint, required=missing)
         if second != first:
             return first, second
-    raise RuntimeError(f"could not phrase two different captions for {dict(attrs)}")
+    # Every try came out as the first caption: the compact form, opening with another determiner, cannot.
+    det = next(d for d in _DETERMINERS if not first.lower().startswith(d + " "))
+    return first, _compact_caption(attrs, rng, viewpoint, missing, det)[0]

@@ -5,6 +5,7 @@ size)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -26,8 +27,9 @@ def prepare_synthetic(
     preview: str | Path | None = None,
     drawing: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Any:
-    """Draw ``ids`` identities into ``root`` (default ``out/raw``), prepare them into ``out`` as
-    CUHK-PEDES, and write ``preview`` (a PNG contact sheet) afterwards; returns the
+    """Draw ``ids`` identities into ``root`` (default ``out/raw``), prepare them into ``out`` (read
+    in the CUHK-PEDES layout, labelled ``SYNTHETIC_LABEL``: the report's ``dataset`` and the
+    manifest's ``label``), and write ``preview`` (a PNG contact sheet) afterwards; returns the
     ``PrepareReport``. ``drawing`` wraps the drawing (a progress display)."""
     from personsearch.data.prepared import check_output, prepare_dataset
     from personsearch.data.synthetic.writer import check_raw_target, generate_raw_dataset, write_preview
@@ -39,13 +41,32 @@ def prepare_synthetic(
         check_output(out, raw, synthetic_raw=True)
     if preview is not None:
         check_preview(Path(preview), out, raw)
-    with drawing() if drawing is not None else contextlib.nullcontext():
-        generate_raw_dataset(raw, ids, seed, workers)
-    report = prepare_dataset("CUHK-PEDES", raw, out, strict=strict, verify=verify, workers=workers,
-                             check_only=check_only)
+    made = _missing_folders(out, raw)  # removed again, while empty, when drawing or preparing fails
+    try:
+        with drawing() if drawing is not None else contextlib.nullcontext():
+            generate_raw_dataset(raw, ids, seed, workers)
+        report = prepare_dataset("CUHK-PEDES", raw, out, strict=strict, verify=verify, workers=workers,
+                                 check_only=check_only)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only while empty: what was drawn stays
+        raise
     if preview is not None:
         write_preview(raw, Path(preview), seed)  # after prepare: never inside what it swaps
     return report
+
+
+def _missing_folders(*paths: Path) -> list[Path]:
+    """The folders among ``paths`` and their parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    for path in paths:
+        folder = path.absolute()
+        while not os.path.lexists(folder) and folder.parent != folder:
+            if folder not in missing:
+                missing.append(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
 
 
 def check_preview(preview: Path, out: Path, raw: Path) -> None:
