@@ -51,3 +51,24 @@ def test_other_weights_are_refused_for_that_index(zero_shot_index, tmp_path):
         run_queries(["a man"], index=index, weights=other, device="cpu")
     with pytest.raises(InputError, match="not both"):
         run_queries(["a man"], index=index, weights=other, run=tmp_path, device="cpu")
+
+
+def test_the_cli_indexes_and_searches_with_plain_weights(synthetic_raw, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from personsearch.cli.app import app
+
+    runner = CliRunner()
+    weights = _weights(tmp_path / "clip.safetensors", seed=0)
+    sets = [arg for item in SETS for arg in ("--set", item)]
+    made = runner.invoke(app, ["export", "--out", str(tmp_path / "index"), "--images", str(synthetic_raw / "imgs"),
+                               "--weights", str(weights), *sets, "--json"])
+    assert made.exit_code == 0, made.output
+    found = runner.invoke(app, ["query", "a man in a blue jacket", "--index", str(tmp_path / "index"), "-k", "4",
+                                "--weights", str(weights), "--json"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)["results"]) == 4
+    neither = runner.invoke(app, ["export", "--out", str(tmp_path / "other"), "--images", str(synthetic_raw)])
+    assert neither.exit_code == 2 and "--weights" in neither.stderr

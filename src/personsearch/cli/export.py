@@ -9,12 +9,13 @@ import typer
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout, terminal_safe
+from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout, terminal_safe
 
 
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder, a checkpoint inside one, or an IRRA run folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (e.g. RUN/index).")],
+    run: Annotated[Path | None, typer.Argument(
+        help="Run folder, a checkpoint inside one, or an IRRA run folder (or --weights).", show_default=False)] = None,
     images: Annotated[
         Path | None, typer.Option("--images", help="Folder of images (searched recursively).")
     ] = None,
@@ -41,6 +42,9 @@ def export(
     nprobe: Annotated[
         int, typer.Option("--nprobe", min=1, help="Default FAISS lists probed per query.")
     ] = 16,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Plain CLIP weights instead of a run (zero-shot): a file, folder or ViT-B/16.")] = None,
+    set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Embed every image of a folder (or a prepared split) into a searchable index."""
@@ -52,7 +56,8 @@ def export(
                   TimeRemainingColumn(), console=stderr, disable=state.quiet or json_) as progress:
         task = progress.add_task("embedding", total=None)
         report = export_run(run, out, images=images, data=data, split=split, append=append, device=device,
-                            workers=workers, batch_size=batch_size, precision=precision, faiss=faiss, nprobe=nprobe,
+                            workers=workers, weights=weights, sets=set_ or (), batch_size=batch_size,
+                            precision=precision, faiss=faiss, nprobe=nprobe,
                             on_total=lambda n: progress.update(task, total=n),
                             progress=lambda n: progress.advance(task, n))
     if json_:

@@ -24,6 +24,8 @@ def query(
     run: Annotated[Path | None, Option(
         "--run",
         help="Model to encode with (default: the one the index header records); must match the index.")] = None,
+    weights: Annotated[str | None, Option(
+        "--weights", help="Plain CLIP weights the index was exported with (zero-shot; default: recorded).")] = None,
     k: Annotated[int, Option(
         "-k", "--top-k", min=1, help="Images per query (all when the gallery is smaller).")] = 10,
     file: Annotated[Path | None, Option("--file", "-f", help="Read queries from a text file, one per line.")] = None,
@@ -46,7 +48,7 @@ def query(
     from personsearch.retrieval.query import UNKNOWN_WORDS_NOTE, run_queries
 
     found = run_queries(
-        texts or [], index=index, run=run, k=k, query_file=file, sheet=sheet,
+        texts or [], index=index, run=run, weights=weights, k=k, query_file=file, sheet=sheet,
         backend="faiss" if faiss or nprobe is not None else "exact", nprobe=nprobe, check_recall=check_recall,
         verify=verify, device=device, precision=precision,
     )

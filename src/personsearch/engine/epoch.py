@@ -122,7 +122,8 @@ class EpochRunner:
                       if isinstance(v, torch.Tensor) and v.dim() == 0}
             rate = seen * setup.info.world_size / max(time.monotonic() - tick, 1e-9)
             lr = float(setup.optimizer.param_groups[0]["lr"])
-            report = StepReport(epoch, progress.step, batch_index + 1, len(batches), lr, values, rate)
+            report = StepReport(epoch, progress.step, batch_index + 1, len(batches), lr, values, rate,
+                                self.setup.settings.train.epochs)
             if self.callbacks.on_step:
                 self.callbacks.on_step(report)
             self.metrics.step(report, progress.skipped_images)

@@ -19,6 +19,7 @@ class StepReport:
     lr: float
     values: dict[str, float]
     samples_per_s: float
+    epochs: int = 0  # the run's total (train.epochs)
 
 
 @dataclass

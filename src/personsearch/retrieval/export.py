@@ -420,6 +420,9 @@ def export_run(
 
     if run is not None and weights is not None:
         raise InputError("give either a run or --weights, not both")
+    if run is None and weights is None:
+        raise InputError("no model given", hint="pass a run folder (personsearch export RUN --out ...) or --weights "
+                         "SOURCE for zero-shot search with plain CLIP weights")
 
     if (images is None) == (data is None):
         raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
