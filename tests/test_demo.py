@@ -41,6 +41,19 @@ def test_short_demo_runs_every_stage(tmp_path):
         assert sheet.format == "PNG" and sheet.width > 100
     assert (Path(summary["run"]) / "checkpoints" / "best.safetensors").is_file()
 
+    # The demo's question has a right answer in the test gallery, and it says how many hits have it.
+    from personsearch.data.prepared import PreparedDataset
+    from personsearch.data.synthetic import load_attributes, matches, parse_query
+
+    prepared = PreparedDataset.load(summary["data"])
+    attributes = load_attributes(prepared.raw_root)
+    named = parse_query(summary["query"])
+    assert named == summary["named_attributes"] and {"gender", "upper_type", "upper_color"} <= named.keys()
+    assert any(matches(named, attributes.get(entry.path)) for entry in prepared.entries("test"))
+    assert isinstance(summary["matching_hits"], int) and 0 <= summary["matching_hits"] <= 10
+    for text in summary["suggestions"]:  # the next queries it suggests have right answers too
+        assert any(matches(parse_query(text), attributes.get(entry.path)) for entry in prepared.entries("test"))
+
     # The next commands the demo suggests work on what it left behind.
     query = runner.invoke(app, ["query", "a man in a black jacket", "--index", summary["index"], "--json", "-k", "3"])
     assert query.exit_code == 0, query.output
@@ -50,3 +63,22 @@ def test_short_demo_runs_every_stage(tmp_path):
 def test_demo_rejects_bad_options(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--masking", "magic"])
     assert result.exit_code == 2 and "masking" in result.output
+
+
+def test_the_demo_says_when_the_time_budget_cut_training_short(tmp_path, capsys):
+    from personsearch.cli.demo import _render
+    from personsearch.demo import DemoResult, DemoRun
+
+    run = DemoRun("attention", tmp_path / "run", {"R1": 40.0, "mAP": 41.0}, 900, 6, 510.0, "max_minutes")
+    result = DemoResult(tmp_path, tmp_path / "data", [run], tmp_path / "run" / "index", tmp_path / "query.png",
+                        "a woman in a red coat",
+                        [{"rank": r, "score": 0.5, "path": f"imgs/{r}.jpg", "pid": r} for r in range(1, 11)], 520.0,
+                        matching=4,
+                        named={"gender": "female", "upper_color": "red", "upper_type": "coat"},
+                        suggestions=["a man in a blue jacket"])
+    _render(result)
+    shown = capsys.readouterr()
+    text = " ".join((shown.out + shown.err).split())
+    assert "the time budget stopped training" in text and "after 6 of its epochs" in text
+    assert "4 of 10 hits match every attribute the query names (gender female, upper_color red" in text
+    assert 'personsearch query "a man in a blue jacket"' in text

@@ -21,8 +21,16 @@ from personsearch.io import atomic_write_json, ensure_replaceable, ensure_writab
 from personsearch.runs import DEMO_KIND
 from personsearch.settings import Settings, resolve_settings
 
+#: What the demo searches for when the test gallery holds such a person (otherwise the first
+#: gender + upper-garment combination it does hold, phrased the same way).
 DEMO_QUERY = "a woman in a red coat"
 DEMO_CONFIG = "demo.yaml"
+#: Training budget (wall minutes) per run: with drawing (~15 s), export and query (~1 s) the whole
+#: demo fits in 10 minutes on 2 CPU cores (benchmarks/bench_demo.py; benchmarks/demo_tuning.md).
+DEMO_MINUTES = 8.5
+#: Losses of ``--compare-masking``: masking only matters with the MLM branch, which the demo's
+#: own settings leave out for speed.
+COMPARE_LOSSES = "sdm+mlm+id"
 #: Everything a demo folder holds; an unmarked folder (from an older version) is recognised as a
 #: demo only when it holds nothing else and its data carries the demo's own record.
 _DEMO_ENTRIES = {"data", "run", "run-random", "run-attention", "query.png", ".lock", ".personsearch.json"}
@@ -43,6 +51,7 @@ class DemoRun:
     steps: int
     epochs: int
     seconds: float
+    stopped: str = "finished"  # or max_minutes: the time budget cut training short
 
 
 @dataclass
@@ -55,13 +64,18 @@ class DemoResult:
     query: str = DEMO_QUERY
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    matching: int | None = None  # hits among the top 10 with every attribute the query names
+    named: dict[str, str] = field(default_factory=dict)  # the attributes the query names
+    suggestions: list[str] = field(default_factory=list)  # more queries the test gallery can answer
 
     def to_json(self) -> dict[str, Any]:
         main = self.runs[-1]
         summary: dict[str, Any] = {
             "run": str(main.run), "index": str(self.index) if self.index else None,
             "sheet": str(self.sheet) if self.sheet else None, "data": str(self.data),
-            "metrics": main.metrics, "seconds": round(self.seconds, 1),
+            "metrics": main.metrics, "seconds": round(self.seconds, 1), "query": self.query,
+            "stopped": main.stopped, "matching_hits": self.matching, "named_attributes": self.named,
+            "suggestions": self.suggestions,
         }
         if len(self.runs) > 1:
             summary["compare"] = {r.masking: {"run": str(r.run), "metrics": r.metrics} for r in self.runs}
@@ -110,21 +124,25 @@ def prepare_demo_data(out: Path, ids: int, seed: int, workers: int,
 
 def run_demo(
     out: str | Path = "runs/demo",
-    minutes: float | None = 7.0,
+    minutes: float | None = DEMO_MINUTES,
     seed: int = 0,
     masking: str = "attention",
     compare_masking: bool = False,
     ids: int = 800,
     workers: int = 2,
     sets: list[str] | None = None,
-    query: str = DEMO_QUERY,
+    query: str | None = None,
     hooks: DemoHooks | None = None,
 ) -> DemoResult:
-    """Run every stage under ``out``; ``minutes`` caps each training run's wall time."""
+    """Run every stage under ``out``; ``minutes`` caps each training run's wall time. ``query``
+    (default: "a woman in a red coat", or a combination the test gallery holds when it has no
+    such person) is answered with a contact sheet whose hits are marked by whether they have every
+    attribute it names."""
     from personsearch.data.prepared import PreparedDataset
+    from personsearch.data.synthetic import parse_query
     from personsearch.io import RunLock
     from personsearch.retrieval.export import export_images
-    from personsearch.retrieval.query import render_query_sheet, search_text
+    from personsearch.retrieval.query import attribute_matches, render_query_sheet, search_text
     from personsearch.runs import INDEX_DIR, load_trained
 
     hooks = hooks or DemoHooks()
@@ -151,10 +169,14 @@ def run_demo(
                      f"runtime.output_dir={out}", f"data.workers={workers}"]
             if minutes is not None:
                 extra.append(f"train.max_minutes={minutes}")
+            if compare_masking:
+                extra.append(f"loss.names={COMPARE_LOSSES}")  # the user's --set loss.names still wins
             settings = demo_settings(extra + list(sets or []))
             settings.train.batch_size = min(settings.train.batch_size, _train_captions(prepared))
             name = f"run-{strategy}" if compare_masking else "run"
-            _stage(hooks, f"training a small CLIP-IRRA from scratch ({strategy} masking)")
+            losses = settings.loss.names
+            detail = f"{strategy} masking" if "mlm" in settings.loss.enabled else f"{losses}, no MLM branch"
+            _stage(hooks, f"training a small CLIP-IRRA from scratch ({detail})")
             run_dir = out / name
             _clear_previous(run_dir)  # training starts it anew, under its lock
             tick = time.monotonic()
@@ -164,19 +186,48 @@ def run_demo(
                 raise Interrupted(f"the demo was interrupted while training ({run_dir} holds the state so far)",
                                   signal=result.signal or 2)
             shown = result.final or result.best or result.last  # the selected checkpoint on the test split
-            runs.append(DemoRun(strategy, run_dir, shown, result.steps, result.epochs, time.monotonic() - tick))
+            runs.append(DemoRun(strategy, run_dir, shown, result.steps, result.epochs, time.monotonic() - tick,
+                                result.stopped))
 
         main = runs[-1]
         _stage(hooks, "exporting the test gallery into a searchable index")
         model = load_trained(main.run)
         index = main.run / INDEX_DIR
         export_images(model, index, prepared=prepared, split="test", workers=workers)
+        query = query or demo_query(prepared, seed)
         _stage(hooks, f"searching: {query!r}")
         results = search_text(model, index, [query], k=10)
+        gallery = _open_index(index)
         sheet = out / "query.png"
-        render_query_sheet(_open_index(index), results, sheet)
+        render_query_sheet(gallery, results, sheet)
         top = [{"rank": hit.rank, "score": hit.score, "path": hit.path, "pid": hit.pid} for hit in results[0].results]
-    return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started)
+        flags = attribute_matches(gallery, results[0])
+    more = [text for text in gallery_queries(prepared, seed + 1, 3) if text != query][:2]
+    return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started,
+                      sum(flags) if flags is not None else None, parse_query(query), more)
+
+
+def demo_query(prepared: Any, seed: int = 0) -> str:
+    """"a woman in a red coat" when the test gallery holds one, otherwise the first query of the
+    same kind (gender + upper garment colour and type) built from what the gallery does hold: the
+    demo's question always has a right answer."""
+    from personsearch.data.synthetic import load_attributes, matches, parse_query, queries_from_gallery
+
+    attributes = load_attributes(prepared.raw_root)
+    paths = [entry.path for entry in prepared.entries("test")]
+    wanted = parse_query(DEMO_QUERY)
+    if any(matches(wanted, attributes.get(path)) for path in paths):
+        return DEMO_QUERY
+    built = queries_from_gallery(attributes, paths, 1, seed)
+    return built[0][0] if built else DEMO_QUERY
+
+
+def gallery_queries(prepared: Any, seed: int, count: int) -> list[str]:
+    """``count`` queries built from attribute combinations the test gallery holds."""
+    from personsearch.data.synthetic import load_attributes, queries_from_gallery
+
+    paths = [entry.path for entry in prepared.entries("test")]
+    return [text for text, _ in queries_from_gallery(load_attributes(prepared.raw_root), paths, count, seed)]
 
 
 def _is_legacy_demo(folder: Path) -> bool:

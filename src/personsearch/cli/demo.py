@@ -17,9 +17,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path(
         "runs/demo"
     ),
-    minutes: Annotated[
-        float, typer.Option("--minutes", min=0.05, help="Training budget (wall minutes) per run.")
-    ] = 7.0,
+    minutes: Annotated[float | None, typer.Option(
+        "--minutes", min=0.05, help="Training budget (wall minutes) per run [default: 8.5].",
+        show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for data and training.")] = 0,
     masking: Annotated[str, typer.Option("--masking", help="attention (AGM) or random (IRRA).")] = "attention",
     compare_masking: Annotated[bool, typer.Option(
@@ -30,7 +30,7 @@ def demo(
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
-    """Draw data, train, evaluate, export an index and answer "a woman in a red coat"."""
+    """Draw data, train, evaluate, export an index and answer a query the test gallery can answer."""
     from personsearch.cli.progress import training_progress
     from personsearch.demo import DemoHooks, run_demo
 
@@ -50,7 +50,8 @@ def demo(
             stderr.print(f"[bold cyan]▶[/] {text}")
 
     try:
-        result = run_demo(out, minutes=minutes, seed=seed, masking=masking, compare_masking=compare_masking,
+        budget = {} if minutes is None else {"minutes": minutes}  # None: run_demo's DEMO_MINUTES
+        result = run_demo(out, **budget, seed=seed, masking=masking, compare_masking=compare_masking,
                           ids=ids, workers=workers, sets=list(set_ or []),
                           hooks=DemoHooks(on_stage=on_stage, train=train_callbacks))
     finally:
@@ -75,18 +76,28 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
         table.add_row(run.masking, *(f"{run.metrics.get(k, float('nan')):.2f}" for k in _KEYS), str(run.steps),
                       f"{run.seconds:.0f}")
     stdout.print(table)
-    hits = Table(title=f"query: {result.query!r}")
+    for run in result.runs:
+        if run.stopped == "max_minutes":
+            stderr.print(Text(f"note: the time budget stopped training ({run.masking} masking) after {run.epochs} "
+                              f"of its epochs ({run.steps} steps); the figures are for the best checkpoint so "
+                              "far (give --minutes more time for the whole schedule)", style="yellow"))
+    hits = Table(title=terminal_safe(f"query: {result.query!r}"))
     for column in ("rank", "score", "path", "pid"):
         hits.add_column(column)
     for hit in result.top:
         hits.add_row(str(hit["rank"]), f"{hit['score']:.3f}", terminal_safe(hit["path"]), str(hit["pid"]))
     stdout.print(hits)
+    if result.matching is not None:
+        named = ", ".join(f"{name} {value}" for name, value in result.named.items())
+        stdout.print(f"{result.matching} of {len(result.top)} hits match every attribute the query names ({named}); "
+                     f"the sheet {result.sheet} frames them green", markup=False)
     run = result.runs[-1].run
     # Paths are shown as written (markup=False): a folder named "x[1]" keeps its "[1]" in the commands.
     stdout.print(Text.assemble("\nEverything is under ", (str(result.out), "bold"),
                                f" ({result.seconds / 60:.1f} min). Try next:"))
-    stdout.print(f"  personsearch query \"a man in a blue jacket with a black backpack\" --index {run / 'index'} "
-                 f"--sheet {result.out / 'query2.png'}", markup=False)
+    for number, text in enumerate(result.suggestions, 2):  # combinations the test gallery holds
+        sheet = result.out / f"query{number}.png"
+        stdout.print(f"  personsearch query \"{text}\" --index {run / 'index'} --sheet {sheet}", markup=False)
     stdout.print(f"  personsearch eval {run} --sheet {result.out / 'eval.png'}", markup=False)
     stdout.print(f"  personsearch explain-mask \"a woman in a red coat and black boots\" --run {run}", markup=False)
     stdout.print(f"  open {result.sheet}", markup=False)

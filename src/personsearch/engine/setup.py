@@ -16,8 +16,7 @@ from personsearch.engine import dist as distributed
 from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.splits import check_eval_split, selection_split
 from personsearch.errors import InputError
-from personsearch.io import atomic_write_text
-from personsearch.runs import CONFIG_FILE, check_outside_inputs, check_run_files, record_training_data
+from personsearch.runs import check_outside_inputs, check_run_files, record_training_data
 from personsearch.settings import Settings
 
 
@@ -45,7 +44,7 @@ class TrainingSetup:
 
 def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: bool) -> TrainingSetup:
     """Everything training needs, in the order that keeps the random draws of model initialisation
-    a function of ``runtime.seed`` alone. A new run's settings are saved as its config.yaml."""
+    a function of ``runtime.seed`` alone (the run's config.yaml is written by ``runs.held_run``)."""
     from personsearch.data.datasets import TrainCaptions
     from personsearch.data.prepared import PreparedDataset
     from personsearch.data.transforms import build_transform
@@ -79,8 +78,6 @@ def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: boo
     selected_on = selection_split(prepared, settings)
     if info.is_main:
         check_eval_split(prepared, settings.eval.split)
-    if info.is_main and not resume and not (run_dir / CONFIG_FILE).is_file():
-        atomic_write_text(run_dir / CONFIG_FILE, settings.to_yaml())  # every verb that takes a run reads it
     torch.manual_seed(settings.runtime.seed)
     # Under DDP with loss.gather the matching losses see the global batch (features gathered with
     # gradients); otherwise per-rank losses, as IRRA computes them.
