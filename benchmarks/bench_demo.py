@@ -131,7 +131,7 @@ def attribute_precision(run: Path, count: int, seed: int) -> dict[str, Any] | No
     """Queries built from the test gallery's attribute combinations, scored on their top 10;
     None when the synthetic query tools are not there."""
     try:
-        from personsearch.data.synthetic.queries import (
+        from personsearch.data.synthetic import (
             attributes_under,
             matching_in_top_k,
             parse_query,
@@ -169,7 +169,7 @@ def attribute_precision(run: Path, count: int, seed: int) -> dict[str, Any] | No
 
 def demo_query_hits(result: Any) -> int | None:
     try:
-        from personsearch.data.synthetic.queries import attributes_under, matching_in_top_k, parse_query
+        from personsearch.data.synthetic import attributes_under, matching_in_top_k, parse_query
         from personsearch.retrieval.gallery import GalleryIndex
     except ImportError:
         return None

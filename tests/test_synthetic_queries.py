@@ -28,7 +28,7 @@ from personsearch.data.synthetic import (
     queries_from_gallery,
     query_combinations,
 )
-from personsearch.data.synthetic import queries as synthetic_queries
+from personsearch.data.synthetic import attribute_files as synthetic_attribute_files
 from personsearch.errors import InputError
 
 runner = CliRunner()
@@ -215,7 +215,7 @@ def test_damaged_attributes_file_is_one_clear_error(raw_copy, content, message):
 
 def test_attributes_file_size_and_kind_are_checked(raw_copy, monkeypatch):
     path = raw_copy / "attributes.json"
-    monkeypatch.setattr(synthetic_queries, "MAX_ATTRIBUTES_BYTES", 100)
+    monkeypatch.setattr(synthetic_attribute_files, "MAX_ATTRIBUTES_BYTES", 100)
     with pytest.raises(InputError, match="larger than"):
         load_attributes(raw_copy)
     monkeypatch.undo()

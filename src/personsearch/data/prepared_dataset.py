@@ -249,7 +249,7 @@ def dataset_label(dataset: str, raw_root: Path, by_content: bool = False) -> str
     set's label when ``raw_root`` is a synthetic raw dataset of ours (its owner marker; also by
     content with ``by_content``), else ``dataset`` itself. The format stays what is recorded."""
     if dataset == "CUHK-PEDES":
-        from personsearch.data.synthetic.queries import SYNTHETIC_LABEL, is_synthetic_raw
+        from personsearch.data.synthetic.attribute_files import SYNTHETIC_LABEL, is_synthetic_raw
 
         if is_synthetic_raw(raw_root, by_content=by_content):
             return SYNTHETIC_LABEL

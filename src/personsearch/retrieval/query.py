@@ -8,8 +8,8 @@ are tokenized exactly as in training (CLIP BPE, cut to the model's text length w
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,46 +17,20 @@ import torch
 
 from personsearch.errors import InputError
 from personsearch.retrieval.index import HEADER_NAME, GalleryIndex
+from personsearch.retrieval.query_sheet import (
+    attribute_matches,
+    describe_matches,
+    gallery_attributes,
+    image_file,
+    render_query_sheet,
+)
+from personsearch.retrieval.results import UNKNOWN_WORDS_NOTE, QueryHit, QueryResult
 from personsearch.runs import INDEX_DIR, latest_run
 
 log = logging.getLogger(__name__)
 
 #: Where an index lives inside a run folder, so ``query`` without ``--index`` can find it.
 RUN_INDEX_DIR = INDEX_DIR
-
-
-@dataclass(frozen=True)
-class QueryHit:
-    rank: int
-    score: float
-    row: int
-    path: str
-    pid: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(self.score, 6), "path": self.path, "pid": self.pid}
-
-
-@dataclass
-class QueryResult:
-    """The ranked gallery images for one query; ``truncated`` when the text was cut to the
-    model's context length; ``known_words`` False when no word of it occurs in the captions the
-    model was trained on (None: the model recorded none)."""
-
-    query: str
-    results: list[QueryHit] = field(default_factory=list)
-    truncated: bool = False
-    known_words: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        found = {"query": self.query, "results": [hit.to_json() for hit in self.results]}
-        if self.known_words is False:
-            found["note"] = UNKNOWN_WORDS_NOTE
-        return found
-
-
-#: Said beside the results of a query none of whose words the model saw in training.
-UNKNOWN_WORDS_NOTE = "no word of this query occurs in the captions the model was trained on: the ranking means little"
 
 
 def clean_queries(texts: Sequence[str], where: str = "query") -> list[str]:
@@ -377,91 +351,9 @@ def run_queries(
     return QueryRun(results, gallery, model, chosen, k, recall, Path(sheet) if sheet is not None else None)
 
 
-def image_file(index: GalleryIndex, hit: QueryHit) -> Path:
-    """The absolute path of a hit's image, checked to lie inside the image root
-    (``GalleryIndex.image_path``; a path leaving it raises the damaged-index InputError)."""
-    return index.image_path(hit.row)
-
-
-def gallery_attributes(index: GalleryIndex) -> dict[str, dict[str, str]] | None:
-    """The synthetic set's recorded attributes of the images of ``index``, keyed by the index's
-    image paths; None when the gallery is not drawn from the synthetic set (its image root is not
-    a synthetic raw folder, its ``imgs`` or ``imgs/synthetic``). A damaged attributes.json is an
-    InputError naming it."""
-    from personsearch.data.synthetic.queries import attributes_under
-
-    return attributes_under(index.image_root)
-
-
-def attribute_matches(
-    index: GalleryIndex, result: QueryResult, attributes: Mapping[str, Mapping[str, str]] | None = None
-) -> list[bool] | None:
-    """Per hit of ``result``, best first: whether its image has every attribute the query names
-    (read with the synthetic vocabulary, ``personsearch.data.synthetic.parse_query``). None when
-    the gallery is not the synthetic set or the query names no attribute of it. An image the
-    attributes file does not list counts as not matching. ``attributes`` (``gallery_attributes``
-    of the same index) saves reading the file again for each result."""
-    from personsearch.data.synthetic.queries import matches, parse_query
-
-    named = parse_query(result.query)
-    if not named:
-        return None
-    if attributes is None:
-        attributes = gallery_attributes(index)
-        if attributes is None:
-            return None
-    return [matches(named, attributes.get(hit.path)) for hit in result.results]
-
-
-def describe_matches(flags: Sequence[bool]) -> str:
-    """The words "k of N match every attribute named" for the flags of ``attribute_matches``."""
-    return f"{sum(flags)} of {len(flags)} match every attribute named"
-
-
-def render_query_sheet(
-    index: GalleryIndex, results: Sequence[QueryResult], out_path: str | Path, caption_chars: int = 300
-) -> Path:
-    """A contact sheet PNG: one row per query (its text as the caption), the top-k images with
-    rank and score. On a gallery of the synthetic set each image is framed green when it has every
-    attribute the query names and red otherwise (``attribute_matches``), and the caption says
-    "k of N match every attribute named" and which; other galleries are drawn unmarked. Returns
-    ``out_path``."""
-    from personsearch.data.synthetic.queries import SYNTHETIC_LABEL, parse_query
-    from personsearch.sheet import MATCH, MISMATCH, SheetRow, SheetTile, render_contact_sheet
-
-    title = f"{index.path.name}: {len(index)} images"
-    try:
-        attributes = gallery_attributes(index)
-    except InputError as exc:  # the results stand; only the marks are lost
-        log.warning("query sheet: hits are not marked, the synthetic attributes are unreadable: %s", exc)
-        attributes = None
-        title += f", {SYNTHETIC_LABEL} (hits not marked: its attributes.json is unreadable)"
-    if attributes is not None:
-        title += f", {SYNTHETIC_LABEL}; frame green: has every attribute the query names, red: does not"
-    rows = []
-    for result in results:
-        caption = (
-            result.query if len(result.query) <= caption_chars else result.query[: caption_chars - 1] + "…"
-        )
-        flags = attribute_matches(index, result, attributes) if attributes is not None else None
-        frames: list[str | None] = [None] * len(result.results)
-        if flags is not None:
-            frames = [MATCH if flag else MISMATCH for flag in flags]
-            named = ", ".join(f"{name} {value}" for name, value in parse_query(result.query).items())
-            caption += f"\n{describe_matches(flags)} ({named})"
-        elif attributes is not None:
-            caption += "\nnames no attribute of the synthetic set: hits not marked"
-        tiles = [
-            SheetTile(image_file(index, hit), f"#{hit.rank} {hit.score:.3f}", frame)
-            for hit, frame in zip(result.results, frames, strict=True)
-        ]
-        rows.append(SheetRow(caption, tiles))
-    render_contact_sheet(rows, out_path, title=title)
-    return Path(out_path)
-
-
 __all__ = [
     "RUN_INDEX_DIR",
+    "UNKNOWN_WORDS_NOTE",
     "QueryHit",
     "QueryResult",
     "QueryRun",

@@ -1,6 +1,14 @@
 """A synthetic pedestrian dataset drawn on the fly: stylised people with known attributes and
 human-like captions, in the CUHK-PEDES raw layout, so every verb runs with no download."""
 
+from personsearch.data.synthetic.attribute_files import (
+    ATTRIBUTES_FILE,
+    SYNTHETIC_LABEL,
+    attributes_under,
+    find_synthetic_root,
+    is_synthetic_raw,
+    load_attributes,
+)
 from personsearch.data.synthetic.attributes import (
     ATTRIBUTE_NAMES,
     VERBALISATIONS,
@@ -10,12 +18,6 @@ from personsearch.data.synthetic.attributes import (
 )
 from personsearch.data.synthetic.captioner import caption_pair, tokenize_caption, write_caption
 from personsearch.data.synthetic.queries import (
-    ATTRIBUTES_FILE,
-    SYNTHETIC_LABEL,
-    attributes_under,
-    find_synthetic_root,
-    is_synthetic_raw,
-    load_attributes,
     matches,
     matching_in_top_k,
     parse_query,
