@@ -91,3 +91,17 @@ def test_api_snippets_run(trained_run: Path, prepared_tiny: Path, synthetic_raw:
     assert namespace["result"].run_dir == work / "runs" / "agm-from-python"
     assert (work / "runs" / "agm-from-python" / "checkpoints" / "best.safetensors").is_file()
     assert namespace["plain_features"].shape[0] == 1
+
+
+def test_the_retrieval_package_names_every_entry_point_without_loading_torch():
+    import subprocess
+    import sys
+
+    import personsearch.retrieval as retrieval
+
+    assert {"run_queries", "search_text", "export_run", "embed_texts", "embed_images", "QueryResult"} <= set(
+        retrieval.__all__)
+    assert all(getattr(retrieval, name) is not None for name in retrieval.__all__)
+    probe = "import sys, personsearch.retrieval; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -1,6 +1,8 @@
 """Gallery indexes and search: write an index of image embeddings, append to it, search it.
 
-The ``export`` and ``query`` verbs are thin layers over these functions::
+One call per verb: ``export_run`` (``personsearch export``), ``run_queries`` (``personsearch
+query``); ``search_text`` for a caller that holds a model and an index (the demo, a server);
+``embed_texts`` / ``embed_images`` for raw features. The index itself::
 
     from personsearch.retrieval import GalleryIndex, IndexEntry, write_index, append_to_index
 
@@ -13,9 +15,16 @@ The ``export`` and ``query`` verbs are thin layers over these functions::
 import importlib
 from typing import Any
 
-# Names are imported on first use, so the contact-sheet renderer (used by `prepare synthetic
-# --preview`) does not load torch.
+# Names are imported on first use: `import personsearch.retrieval` alone does not load torch.
 _EXPORTS = {
+    "embed_images": "embed",
+    "embed_texts": "embed",
+    "export_images": "export",
+    "export_run": "export",
+    "QueryHit": "results",
+    "QueryResult": "results",
+    "run_queries": "query",
+    "search_text": "query",
     "build_faiss": "ann",
     "recall_at_k": "ann",
     "FORMAT_VERSION": "index",
