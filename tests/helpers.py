@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 #: Settings (``--set`` items) of a CLIP small enough to train for a few steps in seconds on 2 CPU cores.
 TINY_SETS = [
@@ -71,3 +72,43 @@ def tree_digest(path: Path) -> dict[str, str]:
         for p in sorted(path.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+def clip_inputs(image_size: tuple[int, int], context: int) -> tuple[Any, Any]:
+    """Two images and two captions (3 and 7 words, SOT ... EOT, zero-padded to ``context``)."""
+    import torch
+
+    from personsearch.text import EOT_TOKEN_ID, SOT_TOKEN_ID
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, *image_size, generator=generator)
+    ids = torch.zeros(2, context, dtype=torch.long)
+    ids[:, 0] = SOT_TOKEN_ID
+    ids[0, 1:4] = torch.tensor([320, 1929, 2533])
+    ids[0, 4] = EOT_TOKEN_ID
+    ids[1, 1:8] = torch.arange(400, 407)
+    ids[1, 8] = EOT_TOKEN_ID
+    return images, ids
+
+
+def tiny_irra_batch(size: int = 6, seed: int = 0, image_ids: bool = True) -> dict[str, Any]:
+    """A training batch for the tiny IRRA models: captions of varied length, two shared identities."""
+    import torch
+
+    from personsearch.text import EOT_TOKEN_ID, SOT_TOKEN_ID
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(size, TINY_IRRA_CONTEXT, dtype=torch.long)
+    for row in range(size):
+        words = 3 + (row * 5) % 12
+        ids[row, 0] = SOT_TOKEN_ID
+        ids[row, 1 : words + 1] = torch.randint(1, 49405, (words,), generator=g)
+        ids[row, words + 1] = EOT_TOKEN_ID
+    batch = {
+        "images": torch.randn(size, 3, *TINY_IMAGE_SIZE, generator=g),
+        "caption_ids": ids,
+        "pids": torch.tensor([0, 0, 1, 2, 2, 3][:size]),
+    }
+    if image_ids:
+        batch["image_ids"] = torch.arange(size)
+    return batch

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.helpers import TINY_ARCH, TINY_IMAGE_SIZE
+from tests.helpers import TINY_ARCH, TINY_IMAGE_SIZE, clip_inputs
 
 from personsearch.errors import InputError
 from personsearch.model import CLIP, build_clip, load_clip, read_state_dict, resize_pos_embed
-
-SOT, EOT = 49406, 49407
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +25,7 @@ def model() -> CLIP:
 
 @pytest.fixture(scope="module")
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, *TINY_IMAGE_SIZE, generator=generator)
-    ids = torch.zeros(2, 16, dtype=torch.long)
-    ids[:, 0] = SOT
-    ids[0, 1:4] = torch.tensor([320, 1929, 2533])
-    ids[0, 4] = EOT
-    ids[1, 1:8] = torch.arange(400, 407)
-    ids[1, 8] = EOT
-    return images, ids
+    return clip_inputs(TINY_IMAGE_SIZE, context=16)
 
 
 def assert_same_embeddings(loaded: CLIP, reference: CLIP, inputs: tuple[torch.Tensor, torch.Tensor]) -> None:

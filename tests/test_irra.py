@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT
+from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT, tiny_irra_batch
 from torch import nn
 
 from personsearch.errors import InputError
@@ -18,7 +18,6 @@ from personsearch.model import irra as irra_module
 from personsearch.model.clip import build_clip
 from personsearch.model.irra import IRRA, CrossAttention, build_irra
 from personsearch.settings import MaskingSettings, resolve_settings
-from personsearch.text.masking import EOT_TOKEN_ID, SOT_TOKEN_ID
 
 
 @functools.lru_cache(maxsize=2)
@@ -33,19 +32,7 @@ def _clip(seed: int = 0):
 
 
 def _batch(size: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(size, TINY_IRRA_CONTEXT, dtype=torch.long)
-    for row in range(size):
-        words = 3 + (row * 5) % 12
-        ids[row, 0] = SOT_TOKEN_ID
-        ids[row, 1 : words + 1] = torch.randint(1, 49405, (words,), generator=g)
-        ids[row, words + 1] = EOT_TOKEN_ID
-    return {
-        "images": torch.randn(size, 3, *TINY_IMAGE_SIZE, generator=g),
-        "caption_ids": ids,
-        "pids": torch.tensor([0, 0, 1, 2, 2, 3][:size]),
-        "image_ids": torch.arange(size),
-    }
+    return tiny_irra_batch(size, seed)
 
 
 def test_module_names_match_irra_and_heads_follow_losses():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tests.helpers import clip_inputs
 from torch import nn
 from typer.testing import CliRunner
 
@@ -20,7 +21,6 @@ from personsearch.cli.app import app
 from personsearch.model import CLIP, IRRA, build_clip, load_clip, read_state_dict
 
 runner = CliRunner()
-SOT, EOT = 49406, 49407
 SIZE = (64, 32)
 # width 64: one head per tower, as read back from weights; embed 64 so the cross-modal branch exists
 ARCH = dict(embed_dim=64, vision_width=64, vision_layers=1, vision_heads=1, patch_size=16,
@@ -104,15 +104,7 @@ def save_irra_run(folder: Path, state: dict[str, torch.Tensor], name: str = "bes
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(2, 3, *SIZE, generator=generator)
-    ids = torch.zeros(2, 77, dtype=torch.long)
-    ids[:, 0] = SOT
-    ids[0, 1:4] = torch.tensor([320, 1929, 2533])
-    ids[0, 4] = EOT
-    ids[1, 1:8] = torch.arange(400, 407)
-    ids[1, 8] = EOT
-    return images, ids
+    return clip_inputs(SIZE, context=77)
 
 
 def assert_embeds_like(loaded: CLIP, state: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT
+from tests.helpers import TINY_IMAGE_SIZE, TINY_IRRA_ARCH, TINY_IRRA_CONTEXT, tiny_irra_batch
 
 from personsearch.errors import InputError
 from personsearch.model import irra as irra_module
@@ -42,18 +42,7 @@ def _model(masked_matching: bool, strategy: str = "random", losses=("sdm", "mlm"
 
 
 def _batch(size: int = 6) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    ids = torch.zeros(size, TINY_IRRA_CONTEXT, dtype=torch.long)
-    for row in range(size):
-        words = 3 + (row * 5) % 12
-        ids[row, 0] = SOT_TOKEN_ID
-        ids[row, 1 : words + 1] = torch.randint(1, 49405, (words,), generator=g)
-        ids[row, words + 1] = EOT_TOKEN_ID
-    return {
-        "images": torch.randn(size, 3, *TINY_IMAGE_SIZE, generator=g),
-        "caption_ids": ids,
-        "pids": torch.tensor([0, 0, 1, 2, 2, 3][:size]),
-    }
+    return tiny_irra_batch(size, seed=5, image_ids=False)
 
 
 def _plain_sdm(v: torch.Tensor, t: torch.Tensor, pids: torch.Tensor, scale: float, eps: float = 1e-8) -> float:
