@@ -16,6 +16,7 @@ from personsearch.cli import explain_mask as explain_mask_cli
 from personsearch.cli import export as export_cli
 from personsearch.cli import prepare as prepare_cli
 from personsearch.cli import query as query_cli
+from personsearch.cli import serve as serve_cli
 from personsearch.cli import train as train_cli
 from personsearch.cli.verbs import VerbCommand, VerbGroup
 from personsearch.errors import PersonsearchError
@@ -105,6 +106,7 @@ app.command("train", cls=VerbCommand)(train_cli.train)
 app.command("eval", cls=VerbCommand)(eval_cli.evaluate)
 app.command("export", cls=VerbCommand)(export_cli.export)
 app.command("query", cls=VerbCommand)(query_cli.query)
+app.command("serve", cls=VerbCommand)(serve_cli.serve)
 app.command("demo", cls=VerbCommand)(demo_cli.demo)
 app.command("explain-mask", cls=VerbCommand)(explain_mask_cli.explain_mask)
 app.add_typer(config_cli.app, name="config")
