@@ -3,7 +3,9 @@ page runs its search, and every result image must have rendered (the page record
 images loaded with pixels); a screenshot must show them. Skipped only where no Chromium exists
 (``.ci/run`` installs Debian's ``chromium`` when it is missing).
 
-Set ``PERSONSEARCH_SCREENSHOT=PATH`` to keep the screenshot (the README's picture is made so)."""
+Set ``PERSONSEARCH_SCREENSHOT=PATH`` to keep the screenshot, and ``PERSONSEARCH_SCREENSHOT_INDEX`` (an
+index whose model is at hand) and ``PERSONSEARCH_SCREENSHOT_QUERY`` to show another gallery: the
+README's picture is the demo's test gallery, made so."""
 
 from __future__ import annotations
 
@@ -39,10 +41,13 @@ def _browser(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def page_server(trained_run: Path, synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("serve_browser")
-    shutil.copytree(synthetic_raw / "imgs", folder / "imgs")
-    export_run(trained_run, folder / "index", images=folder / "imgs", device="cpu")
-    with open_service(folder / "index", device="cpu") as service, live_server(create_app(service)) as url:
+    index = os.environ.get("PERSONSEARCH_SCREENSHOT_INDEX")
+    if not index:
+        folder = tmp_path_factory.mktemp("serve_browser")
+        shutil.copytree(synthetic_raw / "imgs", folder / "imgs")
+        index = folder / "index"
+        export_run(trained_run, index, images=folder / "imgs", device="cpu")
+    with open_service(index, device="cpu") as service, live_server(create_app(service)) as url:
         yield url
 
 
@@ -62,7 +67,8 @@ def test_the_page_renders_the_result_images_of_a_query_in_the_url(page_server):
 
 def test_a_screenshot_shows_the_results(page_server, tmp_path):
     shot = Path(os.environ.get("PERSONSEARCH_SCREENSHOT") or tmp_path / "page.png")
-    url = f"{page_server}/?{urllib.parse.urlencode({'q': 'a man in a blue jacket', 'k': 16})}"
+    query = os.environ.get("PERSONSEARCH_SCREENSHOT_QUERY", "a man in a blue jacket")
+    url = f"{page_server}/?{urllib.parse.urlencode({'q': query, 'k': 16})}"
     done = _browser(f"--screenshot={shot}", "--window-size=1280,860", url)
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
