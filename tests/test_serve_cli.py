@@ -126,3 +126,28 @@ def test_help_works_without_the_serve_extra_and_the_verb_says_how_to_install_it(
             assert "/api/search" in done.stdout
         else:
             assert "pip install 'personsearch[serve]'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_two_worker_processes_serve_the_same_answers(served_index):
+    process = _cli("serve", "--index", str(served_index), "--port", "0", "--device", "cpu", "--workers", "2")
+    try:
+        url, _ = _wait_for_url(process)
+        answers = set()
+        deadline = time.monotonic() + 120
+        while not answers:
+            assert time.monotonic() < deadline, "the workers never answered"
+            try:
+                with urllib.request.urlopen(url + "api/search?q=a%20man&k=3", timeout=60) as response:
+                    answers.add(response.read())
+            except OSError:  # the workers are still loading the model
+                time.sleep(0.5)
+        for _ in range(8):
+            with urllib.request.urlopen(url + "api/search?q=a%20man&k=3", timeout=60) as response:
+                answers.add(response.read())
+        assert len(answers) == 1
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
