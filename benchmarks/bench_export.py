@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from personsearch.runs import load_trained
 from personsearch.retrieval.export import export_images
+from personsearch.runs import load_trained
 
 TINY_ARCH = [
     "model.arch.embed_dim=64",
@@ -59,7 +59,10 @@ def random_run(folder: Path, sets: list[str]) -> Path:
         {k: v.contiguous() for k, v in clip.state_dict().items()},
         str(run / "checkpoints" / "best.safetensors"),
     )
-    meta = {"format": "personsearch-checkpoint", "format_version": 1}
+    from personsearch.io import sha256_file
+
+    meta = {"format": "personsearch-checkpoint", "format_version": 1,
+            "weights_sha256": sha256_file(run / "checkpoints" / "best.safetensors")}
     (run / "checkpoints" / "best.json").write_text(json.dumps(meta))
     return run
 
