@@ -2,7 +2,9 @@
 cut, and the state dict checked complete and shape for shape before anything is copied.
 
 The visual position table is resized the way IRRA does (bilinear, ``align_corners=False``), so a
-224x224 checkpoint serves a 384x128 person crop.
+224x224 checkpoint serves a 384x128 person crop. A model built without its image encoder
+(``towers=("text",)``) takes only the text encoder's tensors; the image encoder's are set aside
+(they may be shape-only ``meta`` tensors, never read).
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def adapt_state_dict(state_dict: dict[str, Tensor], model: CLIP, extra: list[str
     it cannot; ``extra`` (keys already set aside as neither CLIP nor IRRA heads) joins the one
     warning about ignored keys."""
     state_dict = dict(state_dict)
-    state_dict["visual.positional_embedding"] = resize_pos_embed(
-        state_dict["visual.positional_embedding"], model.grid
-    )
+    if model.visual is None:  # text encoder only: the image encoder's tensors are not used
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("visual.")}
+    else:
+        state_dict["visual.positional_embedding"] = resize_pos_embed(
+            state_dict["visual.positional_embedding"], model.grid
+        )
     context = model.config.context_length
     if state_dict["positional_embedding"].shape[0] > context:
         state_dict["positional_embedding"] = state_dict["positional_embedding"][:context]

@@ -16,10 +16,28 @@ from torch import Tensor
 
 from personsearch.errors import InputError
 
-__all__ = ["IRRA_HEADS", "CheckpointParts", "split_heads", "unwrap_state_dict"]
+__all__ = ["IRRA_HEADS", "CheckpointParts", "is_text_key", "split_heads", "unwrap_state_dict"]
 
-#: Top-level modules of IRRA's model beside ``base_model`` (its heads; not part of CLIP).
-IRRA_HEADS = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
+#: Top-level modules of IRRA's model beside ``base_model`` (its heads, and our optional attribute head; not
+#: part of CLIP).
+IRRA_HEADS = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head",
+              "attr_head")
+
+
+#: CLIP's text encoder under OpenAI's names (a prefix ending in "." or a whole name) and Hugging Face's.
+_TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.", "text_model.", "text_projection.")
+_TEXT_NAMES = ("positional_embedding", "text_projection", "logit_scale")
+#: Prefixes a key may carry before its CLIP name, in this order (DataParallel's, then IRRA's and our runs').
+_WRAPPERS = ("module.", "base_model.")
+
+
+def is_text_key(key: str) -> bool:
+    """Whether a checkpoint key, wrapped in any layout this module reads, belongs to CLIP's text
+    encoder (what encoding a caption needs): never an image-encoder tensor or an IRRA head."""
+    for wrapper in _WRAPPERS:
+        if key.startswith(wrapper):
+            key = key[len(wrapper):]
+    return key in _TEXT_NAMES or key.startswith(_TEXT_PREFIXES)
 
 
 @dataclasses.dataclass

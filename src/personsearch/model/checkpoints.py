@@ -13,6 +13,14 @@ our own run folders, whose weights must match the sha256 the run recorded. IRRA'
 listed in one warning. A model name such as ``ViT-B/16`` resolves to a file the user placed
 locally; nothing is ever downloaded. The visual position table is resized to the model's patch
 grid the way IRRA does (:mod:`personsearch.model.adapt`).
+
+``towers=("text",)`` loads the text encoder alone (what a text query needs). From a ``.safetensors``
+file (our runs' checkpoints, a bare CLIP saved as safetensors, a Hugging Face ``model.safetensors``
+given as a file) only the text encoder's tensors are read, by name; the image encoder and IRRA's
+heads are known by their shapes only. Other formats (pickles, OpenAI's TorchScript archives,
+Hugging Face folders) are read whole and their image tensors dropped. Either way the image encoder
+is never built, the text encoder is built without random initialisation and takes the tensors read
+as its parameters (no second copy), so its text features are bit-identical to the full model's.
 """
 
 from __future__ import annotations
@@ -21,15 +29,18 @@ import dataclasses
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from personsearch.errors import InputError
 from personsearch.model.adapt import adapt_state_dict
-from personsearch.model.checkpoint_layout import CheckpointParts, split_heads, unwrap_state_dict
-from personsearch.model.clip import CLIP, CLIPConfig, config_from_state_dict, patch_grid
+from personsearch.model.checkpoint_layout import CheckpointParts, is_text_key, split_heads, unwrap_state_dict
+from personsearch.model.clip import CLIP, TOWERS, CLIPConfig, check_towers, config_from_state_dict, patch_grid
 from personsearch.model.hf_clip import convert_hf_state_dict, is_hf_state_dict, read_hf_folder
 from personsearch.model.weight_files import read_weights_file
 from personsearch.model.weights_trust import (
@@ -89,9 +100,12 @@ def resolve_model_name(name: str) -> Path:
 # ------------------------------------------------------------------------------ run weights
 
 
-def _read_verified(path: Path, meta: dict[str, Any] | None) -> Any:
+Keep = Callable[[str], bool] | None
+
+
+def _read_verified(path: Path, meta: dict[str, Any] | None, keep: Keep = None) -> Any:
     """Read a weights file checked against its run record; refuse if it changed during the read."""
-    content = read_weights_file(path)
+    content = read_weights_file(path, keep)
     if meta and meta.get("weights_sha256"):
         ensure_unchanged(path, meta["weights_sha256"])
     return content
@@ -113,7 +127,7 @@ def _run_heads(run_dir: Path) -> dict[str, int]:
 # ------------------------------------------------------------------------------------ sources
 
 
-def _read_folder(folder: Path) -> tuple[CheckpointParts, dict[str, int]]:
+def _read_folder(folder: Path, keep: Keep = None) -> tuple[CheckpointParts, dict[str, int]]:
     places = [(folder / CHECKPOINT_DIR, folder)]
     if folder.name == CHECKPOINT_DIR or any((folder / name).is_file() for name in _RUN_CHECKPOINTS):
         places.append((folder, folder.parent))  # the checkpoints folder itself
@@ -125,7 +139,7 @@ def _read_folder(folder: Path) -> tuple[CheckpointParts, dict[str, int]]:
             found = run_weights(candidates, tag, required=(run_dir / SETTINGS_FILE).is_file())
             if found is not None:
                 path, meta = found
-                return split_heads(unwrap_state_dict(_read_verified(path, meta), path)), _run_heads(run_dir)
+                return split_heads(unwrap_state_dict(_read_verified(path, meta, keep), path)), _run_heads(run_dir)
     if (folder / "config.json").is_file():
         state_dict, heads = read_hf_folder(folder)
         return CheckpointParts(state_dict), heads
@@ -141,7 +155,8 @@ def _read_folder(folder: Path) -> tuple[CheckpointParts, dict[str, int]]:
     )
 
 
-def _read(source: str | os.PathLike[str]) -> tuple[CheckpointParts, dict[str, int], Path]:
+def _read(source: str | os.PathLike[str], keep: Keep = None) -> tuple[CheckpointParts, dict[str, int], Path]:
+    """The checkpoint split into parts, its attention heads and its path; ``keep``: see ``read_weights_file``."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if not path.exists():
@@ -151,10 +166,10 @@ def _read(source: str | os.PathLike[str]) -> tuple[CheckpointParts, dict[str, in
             raise InputError(f"CLIP weights not found: {path} does not exist", hint="check the path")
     heads: dict[str, int] = {}
     if path.is_dir():
-        parts, heads = _read_folder(path)
+        parts, heads = _read_folder(path, keep)
     else:
         path, meta = weights_for_file(path)  # a run's weights: checked against what the run recorded
-        parts = split_heads(unwrap_state_dict(_read_verified(path, meta), path))
+        parts = split_heads(unwrap_state_dict(_read_verified(path, meta, keep), path))
         run_dir = _run_of_weights(path)
         if is_hf_state_dict(parts.clip):
             parts.clip = convert_hf_state_dict(parts.clip)
@@ -187,7 +202,8 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 @dataclasses.dataclass
 class LoadedCheckpoint:
-    """A loaded CLIP and the IRRA heads its checkpoint carried (float32, IRRA's names, unloaded)."""
+    """A loaded CLIP and the IRRA heads its checkpoint carried (float32, IRRA's names, unloaded; for a
+    text-encoder-only load from safetensors, shape-only ``meta`` tensors: their names and sizes)."""
 
     clip: CLIP
     heads: dict[str, Tensor]
@@ -208,14 +224,16 @@ def load_clip(
     image_size: tuple[int, int] = (384, 128),
     stride: int = 16,
     context_length: int | None = None,
+    *,
+    towers: Any = TOWERS,
 ) -> CLIP:
     """A CLIP with weights from ``source`` (file, folder or model name), float32 on CPU, eval mode.
 
     The architecture is read from the weights; ``image_size`` and ``stride`` set the patch grid the
     position table is resized to; ``context_length`` (default: the checkpoint's) may only shorten
-    the text context.
+    the text context. ``towers=("text",)`` loads the text encoder only (see the module's notes).
     """
-    return load_checkpoint(source, image_size, stride, context_length).clip
+    return load_checkpoint(source, image_size, stride, context_length, towers=towers).clip
 
 
 def load_checkpoint(
@@ -223,9 +241,13 @@ def load_checkpoint(
     image_size: tuple[int, int] = (384, 128),
     stride: int = 16,
     context_length: int | None = None,
+    *,
+    towers: Any = TOWERS,
 ) -> LoadedCheckpoint:
     """``load_clip``, also returning the IRRA heads the checkpoint holds (read once, not twice)."""
-    parts, heads, path = _read(source)
+    towers = check_towers(towers)
+    text_only = "image" not in towers
+    parts, heads, path = _read(source, keep=is_text_key if text_only else None)
     state_dict = parts.clip
     config = config_from_state_dict(state_dict)
     if heads:
@@ -238,10 +260,45 @@ def load_checkpoint(
             )
         config = dataclasses.replace(config, context_length=int(context_length))
     patch_grid(image_size, config.patch_size, stride)
-    model = CLIP(config, image_size=image_size, stride=stride)
-    model.load_state_dict(adapt_state_dict(state_dict, model, parts.unknown))
-    logger.info("loaded CLIP %s from %s (grid %dx%d)", _describe(config), path, *model.grid)
+    if text_only:  # every value comes from the checkpoint: no random initialisation to overwrite
+        with _NoInitialisation():
+            model = CLIP(config, image_size=image_size, stride=stride, towers=towers)
+        fitted = adapt_state_dict(state_dict, model, parts.unknown)
+        model.load_state_dict({key: _own_memory(value) for key, value in fitted.items()}, assign=True)
+    else:  # as it always was (training starts from here: its random stream stays the same)
+        model = CLIP(config, image_size=image_size, stride=stride)
+        model.load_state_dict(adapt_state_dict(state_dict, model, parts.unknown))
+    logger.info("loaded CLIP %s from %s (grid %dx%d%s)", _describe(config), path, *model.grid,
+                "; text encoder only" if text_only else "")
     return LoadedCheckpoint(model.eval(), parts.heads, path)
+
+
+def _own_memory(tensor: Tensor) -> Tensor:
+    """``tensor`` itself when it is laid out as a freshly allocated parameter would be (contiguous,
+    64-byte aligned: the tensors read from safetensors, or converted), else such a copy. The model
+    takes these tensors as its parameters, so the kernels see memory like the full model's."""
+    if tensor.is_contiguous() and tensor.data_ptr() % _ALIGNMENT == 0:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+#: torch's CPU allocator aligns every allocation to 64 bytes.
+_ALIGNMENT = 64
+
+
+class _NoInitialisation(TorchFunctionMode):
+    """While a model is built whose every parameter is then loaded (a strict ``load_state_dict``),
+    skip the in-place random and constant fills of its modules' initialisation: the memory is
+    allocated, never written twice. Torch function modes are per thread, so nothing else is affected."""
+
+    _SKIPPED = frozenset({"normal_", "uniform_", "fill_", "zero_", "ones_", "zeros_", "constant_",
+                          "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_"})
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in self._SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def _describe(config: CLIPConfig) -> str:

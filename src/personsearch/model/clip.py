@@ -21,14 +21,11 @@ from torch import Tensor, nn
 
 from personsearch.errors import InputError
 
-__all__ = [
-    "CLIP",
-    "CLIPConfig",
-    "QuickGELU",
-    "build_clip",
-    "config_from_state_dict",
-    "patch_grid",
-]
+__all__ = ["CLIP", "CLIPConfig", "QuickGELU", "TOWERS", "build_clip", "config_from_state_dict", "check_towers",
+           "patch_grid"]
+
+#: The two encoders of a CLIP, by the name ``towers`` arguments use.
+TOWERS = ("image", "text")
 
 
 @dataclass(frozen=True)
@@ -60,17 +57,9 @@ class CLIPConfig:
         return (side, side)
 
 
-_REQUIRED_KEYS = (
-    "visual.conv1.weight",
-    "visual.class_embedding",
-    "visual.positional_embedding",
-    "visual.ln_post.weight",
-    "visual.proj",
-    "token_embedding.weight",
-    "positional_embedding",
-    "ln_final.weight",
-    "text_projection",
-)
+_REQUIRED_KEYS = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
+                  "visual.ln_post.weight", "visual.proj", "token_embedding.weight", "positional_embedding",
+                  "ln_final.weight", "text_projection")
 
 
 def _count_layers(state_dict: dict[str, Tensor], prefix: str) -> int:
@@ -139,6 +128,15 @@ def patch_grid(image_size: tuple[int, int], patch_size: int, stride: int) -> tup
                 hint=f"use a {name} of the form {patch_size} + k*{stride}, e.g. {lower} or {lower + stride}",
             )
     return ((height - patch_size) // stride + 1, (width - patch_size) // stride + 1)
+
+
+def check_towers(towers: Any) -> tuple[str, ...]:
+    """``towers`` as a tuple in ``TOWERS`` order: both encoders, or the text encoder alone."""
+    names = (towers,) if isinstance(towers, str) else tuple(towers) if isinstance(towers, (list, tuple)) else ()
+    if set(names) not in ({"image", "text"}, {"text"}) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"towers must be ('image', 'text') or ('text',), not {towers!r:.80}",
+                         hint="load both encoders, or only the text encoder for text queries")
+    return tuple(name for name in TOWERS if name in names)
 
 
 class QuickGELU(nn.Module):
@@ -212,20 +210,12 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
-                ]
-            )
-        )
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()),
+                                              ("c_proj", nn.Linear(width * 4, width))]))
         self.ln_2 = nn.LayerNorm(width)
 
-    def forward(
-        self, x: Tensor, causal: bool = False, query_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, causal: bool = False,
+                query_index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         attended, row = self.attn(self.ln_1(x), causal=causal, query_index=query_index)
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
@@ -309,17 +299,18 @@ class VisionTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    """CLIP ViT for person-shaped images; parameter names are OpenAI's exactly."""
+    """CLIP ViT for person-shaped images; parameter names are OpenAI's exactly. With ``towers=("text",)``
+    the image encoder is not built (``visual`` is None; ``encode_image`` refuses): what a text query needs."""
 
-    def __init__(
-        self, config: CLIPConfig, image_size: tuple[int, int] = (384, 128), stride: int = 16
-    ) -> None:
+    def __init__(self, config: CLIPConfig, image_size: tuple[int, int] = (384, 128), stride: int = 16,
+                 towers: Any = TOWERS) -> None:
         super().__init__()
         self.config = config
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.stride = int(stride)
         self.grid = patch_grid(self.image_size, config.patch_size, self.stride)
-        self.visual = VisionTransformer(config, self.grid, self.stride)
+        self.towers = check_towers(towers)
+        self.visual = VisionTransformer(config, self.grid, self.stride) if "image" in self.towers else None
         self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.text_width))
@@ -345,7 +336,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        return (self.visual.conv1.weight if self.visual is not None else self.token_embedding.weight).dtype
 
     @property
     def embed_dim(self) -> int:
@@ -355,13 +346,21 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Global image features [B, D]: the class token after ``ln_post``, projected."""
-        x = self.visual.tokens(images, class_only=True)
-        return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
+        visual = self._image_tower()
+        x = visual.tokens(images, class_only=True)
+        return visual.ln_post(x) @ visual.proj.to(x.dtype)
 
     def encode_image_tokens(self, images: Tensor) -> Tensor:
         """Every image token [B, 1 + N, D] after ``ln_post``, projected; index 0 is the global feature."""
-        x = self.visual.tokens(images)
-        return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
+        visual = self._image_tower()
+        x = visual.tokens(images)
+        return visual.ln_post(x) @ visual.proj.to(x.dtype)
+
+    def _image_tower(self) -> VisionTransformer:
+        if self.visual is None:
+            raise InputError("this model was loaded for text queries only: it has no image encoder",
+                             hint='load it with both towers (the default), not towers=("text",)')
+        return self.visual
 
     # ----------------------------------------------------------------------------------- text
 

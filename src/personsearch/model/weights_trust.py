@@ -7,8 +7,13 @@ sees the file, so a hostile header can neither allocate nor read out of bounds.
 
 Integrity: ``best.json``/``last.json`` (and each ``state-*/state.json``) record the sha256 of the
 weights they describe. A weights file replaced behind the run's back is refused, never loaded.
-Verified hashes are remembered in this process only, keyed by (path, device, inode, size, mtime):
-read-only verbs never write into a run.
+Verified hashes are remembered in this process, keyed by (path, device, inode, size, mtime), and
+for files of ``CACHED_MIN_BYTES`` or more also between processes, in the user's cache folder
+(``$PERSONSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/personsearch``, else ``~/.cache/personsearch``;
+an empty ``PERSONSEARCH_CACHE_DIR`` turns it off), keyed by the same and the inode's change time,
+which no tool can set back: a file rewritten, replaced, renamed over or touched is hashed again.
+So a one-shot ``personsearch query`` does not read 600 MB of weights to check them each time.
+Read-only verbs never write into a run.
 """
 
 from __future__ import annotations
@@ -172,6 +177,73 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 _HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
+CACHE_ENV = "PERSONSEARCH_CACHE_DIR"
+#: Smaller files are hashed every time (well under a tenth of a second), never remembered on disk.
+CACHED_MIN_BYTES = 64 << 20
+_CACHE_FILE = "weights-sha256.json"
+_CACHE_VERSION = 1
+_CACHE_ENTRIES = 64
+_CACHE_MAX_BYTES = 1 << 20
+_STAT_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+
+
+def hash_cache_file() -> Path | None:
+    """The file that remembers hashes of large weights files between processes (None: turned off)."""
+    folder = os.environ.get(CACHE_ENV)
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "personsearch")
+    return Path(folder).expanduser() / _CACHE_FILE if folder else None
+
+
+def _read_hash_cache(path: Path) -> dict[str, Any]:
+    """The remembered entries; {} when the file is missing, unreadable, damaged, too large, or could
+    have been written by someone else (not owned by this user, or writable by others)."""
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+                return {}
+            raw = handle.read(_CACHE_MAX_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= _CACHE_MAX_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _remembered(path: Path, info: os.stat_result) -> str | None:
+    cache = hash_cache_file()
+    if cache is None:
+        return None
+    entry = _read_hash_cache(cache).get(os.path.realpath(path))
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+        return None
+    if any(entry.get(field) != getattr(info, field) for field in _STAT_FIELDS):
+        return None
+    return str(entry["sha256"])
+
+
+def _remember(path: Path, info: os.stat_result, digest: str) -> None:
+    """Add one file's hash to the cache (best effort: a cache that cannot be written is skipped)."""
+    from personsearch.errors import PersonsearchError
+    from personsearch.io import atomic_write_json
+
+    cache = hash_cache_file()
+    if cache is None:
+        return
+    files = {name: entry for name, entry in _read_hash_cache(cache).items() if os.path.isfile(name)}  # gone: dropped
+    files.pop(os.path.realpath(path), None)
+    files[os.path.realpath(path)] = {**{field: getattr(info, field) for field in _STAT_FIELDS}, "sha256": digest}
+    kept = dict(list(files.items())[-_CACHE_ENTRIES:])  # the newest entries (dicts keep insertion order)
+    try:
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_json(cache, {"version": _CACHE_VERSION, "files": kept})
+        os.chmod(cache, 0o600)  # only its owner may write it (a group-writable one is not trusted)
+    except (OSError, PersonsearchError):
+        pass
+
 
 def _stat_key(path: Path, stat: os.stat_result) -> tuple[str, int, int, int, int]:
     return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -183,15 +255,24 @@ def file_key(path: str | os.PathLike[str]) -> tuple[str, int, int, int, int]:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> tuple[str, tuple[str, int, int, int, int]]:
-    """sha256 of a file and the key of the version hashed (remembered for this process)."""
+    """sha256 of a file and the key of the version hashed (remembered for this process, and for a
+    large file between processes: see the module's notes)."""
     path = Path(path)
     with open(path, "rb") as handle:
-        key = _stat_key(path, os.fstat(handle.fileno()))
+        info = os.fstat(handle.fileno())
+        key = _stat_key(path, info)
         known = _HASHES.get(key)
         if known is not None:
             return known, key
-        _HASHES[key] = sha256_file(handle)
-    return _HASHES[key], key
+        large = info.st_size >= CACHED_MIN_BYTES
+        known = _remembered(path, info) if large else None
+        if known is None:
+            known = sha256_file(handle)
+            after = os.fstat(handle.fileno())
+            if large and all(getattr(after, field) == getattr(info, field) for field in _STAT_FIELDS):
+                _remember(path, info, known)  # not when the file changed while it was hashed
+        _HASHES[key] = known
+    return known, key
 
 
 def _damaged(record: Path, detail: str, hint: str | None = None) -> InputError:

@@ -3,6 +3,12 @@
 The model must be the one that made the index: its fingerprint (weights + image size, stride,
 text length, tokenizer) is compared with the index header before anything is encoded. Captions
 are tokenized exactly as in training (CLIP BPE, cut to the model's text length with EOT last).
+
+``run_queries`` (the one-shot ``personsearch query``) loads the text encoder only
+(``TEXT_TOWERS``): a text query needs nothing else, and from safetensors weights only those tensors
+are read. ``model_for_index`` loads both encoders unless told ``towers=TEXT_TOWERS``, so a caller
+that also searches by photo (a server) gets a model that embeds images; ``search_text`` takes
+either.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Where an index lives inside a run folder, so ``query`` without ``--index`` can find it.
 RUN_INDEX_DIR = INDEX_DIR
+#: The encoders a text query needs, and both (what embedding images needs as well).
+TEXT_TOWERS = ("text",)
+ALL_TOWERS = ("image", "text")
 
 
 def clean_queries(texts: Sequence[str], where: str = "query") -> list[str]:
@@ -127,16 +136,18 @@ def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tup
     return run / RUN_INDEX_DIR, True
 
 
-def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights: str | Path | None = None) -> Any:
+def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights: str | Path | None = None,
+                    *, towers: Sequence[str] = ALL_TOWERS) -> Any:
     """The ``TrainedModel`` that made ``index``: ``run`` (a trained run) or ``weights`` (plain CLIP
     weights, zero-shot) when given, otherwise the model the index header records. A model with
-    another fingerprint is refused (exit 2)."""
+    another fingerprint is refused (exit 2). ``towers=TEXT_TOWERS`` loads the text encoder only
+    (enough for text queries); the default loads both."""
     from personsearch.runs import load_trained
 
     if run is not None and weights is not None:
         raise InputError("give either --run or --weights, not both")
     if run is not None or weights is not None:
-        model = load_trained(run) if run is not None else _weights_for(index, weights)
+        model = load_trained(run, towers=towers) if run is not None else _weights_for(index, weights, towers)
         if model.fingerprint != index.model_fingerprint:
             made_by = index.model_info.get("run", "an unrecorded model")
             raise InputError(
@@ -158,7 +169,8 @@ def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights:
             f"the model that made index {index.path} is gone: {source} does not exist",
             hint="pass --run RUN with the (moved) run folder",
         )
-    model = _weights_for(index, source) if info.get("kind") == "weights" else load_trained(source)
+    model = (_weights_for(index, source, towers) if info.get("kind") == "weights"
+             else load_trained(source, towers=towers))
     if model.fingerprint != index.model_fingerprint:
         raise InputError(
             f"{source} has changed since index {index.path} was made (fingerprint {model.fingerprint}, "
@@ -168,7 +180,7 @@ def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights:
     return model
 
 
-def _weights_for(index: GalleryIndex, source: str | Path) -> Any:
+def _weights_for(index: GalleryIndex, source: str | Path, towers: Sequence[str] = ALL_TOWERS) -> Any:
     """Plain CLIP weights with the preprocessing the index records (zero-shot search)."""
     from personsearch.runs import load_weights
 
@@ -176,7 +188,7 @@ def _weights_for(index: GalleryIndex, source: str | Path) -> Any:
     size, stride, length = info.get("image_size"), info.get("stride"), info.get("text_length")
     return load_weights(source, image_size=size if isinstance(size, list) else None,
                         stride=stride if isinstance(stride, int) else None,
-                        text_length=length if isinstance(length, int) else None)
+                        text_length=length if isinstance(length, int) else None, towers=towers)
 
 
 def encode_queries(
@@ -308,15 +320,18 @@ def run_queries(
     device: str = "auto",
     precision: str = "fp32",
     output_dir: str | Path | None = None,
+    towers: Sequence[str] = TEXT_TOWERS,
 ) -> QueryRun:
     """``personsearch query`` as one call: find the index (the newest run's when ``index`` is None),
     load the model that made it (or ``run`` / plain CLIP ``weights``, which must match), encode,
     rank, and optionally check FAISS recall and draw a contact sheet. Every input is checked
-    before the model loads."""
+    before the model loads. The model is loaded with the text encoder only (``towers``; pass
+    ``ALL_TOWERS`` to keep ``QueryRun.model`` for embedding images too)."""
     from personsearch.accel import check_precision, resolve_device
-    from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
 
-    if sheet is not None:
+    if sheet is not None:  # the sheet module (and PIL) only when a sheet is asked for
+        from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
+
         check_sheet_path(sheet, "--sheet")  # before the index and the model are loaded
     given = clean_queries(list(texts)) if texts else []
     if query_file is not None:
@@ -336,7 +351,7 @@ def run_queries(
         check_sheet_target(sheet, owned=[("the index", index_path)])
     gallery = GalleryIndex.open(index_path, verify=verify)
     check_result_count(len(given), k, len(gallery))  # before the model loads
-    model = model_for_index(gallery, run, weights)
+    model = model_for_index(gallery, run, weights, towers=towers)
     if sheet is not None:  # never over a gallery image, the weights or a run's files
         check_sheet_target(sheet, owned=[("the gallery's image folder", gallery.image_root),
                                          ("the model weights", model.weights)], runs=[("the run", model.source)])
@@ -352,7 +367,9 @@ def run_queries(
 
 
 __all__ = [
+    "ALL_TOWERS",
     "RUN_INDEX_DIR",
+    "TEXT_TOWERS",
     "UNKNOWN_WORDS_NOTE",
     "QueryHit",
     "QueryResult",

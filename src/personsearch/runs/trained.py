@@ -3,7 +3,14 @@ checkpoint file inside one, or an IRRA run folder (``configs.yaml`` + ``best.pth
 
 The model fingerprint (a hash of the weights and of every setting that changes an embedding:
 image size, stride, text length, tokenizer) is what indexes record, so a query can refuse an
-index built by another model.
+index built by another model. The weights' hash is the one the run recorded when it saved them
+(verified against the file; a large file's verified hash is remembered between processes, see
+``personsearch.model.weights_trust``), so a query does not re-read the weights to fingerprint them.
+
+Both loaders take ``towers``: ``("image", "text")`` (the default) loads the whole CLIP, what
+embedding images needs (export, search by photo); ``("text",)`` loads the text encoder only, what
+a text query needs (``personsearch query``): from safetensors weights only its tensors are read.
+Its text features are bit-identical to the full model's, and its fingerprint is the same.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,9 @@ from personsearch.runs.layout import (
 )
 from personsearch.settings import Settings, resolve_settings
 
+#: Both encoders (``personsearch.model.clip.TOWERS``, named here so that importing runs loads no torch).
+TOWERS = ("image", "text")
+
 
 @dataclass
 class TrainedModel:
@@ -41,6 +52,11 @@ class TrainedModel:
     fingerprint: str
     kind: str  # "run", "irra" or "weights" (plain CLIP weights: zero-shot)
     num_classes: int | None = None  # identities of the checkpoint's classifier (none: no ID head saved)
+
+    @property
+    def towers(self) -> tuple[str, ...]:
+        """The encoders loaded: ``("image", "text")``, or ``("text",)`` for a text-query-only model."""
+        return tuple(self.clip.towers)
 
 
 def model_fingerprint(weights_sha256: str, settings: Settings) -> str:
@@ -104,7 +120,8 @@ def _brief(value: Any) -> str:
 
 
 def load_trained(
-    source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best"
+    source: str | Path | None = None, output_dir: str | Path = "runs", which: str = "best",
+    *, towers: Sequence[str] = TOWERS,
 ) -> TrainedModel:
     """Load the CLIP of a trained model for embedding (eval mode, CPU, float32).
 
@@ -112,7 +129,8 @@ def load_trained(
     never assumed from a dataset, so a checkpoint of any identity count evaluates anywhere.
 
     ``source`` is a run folder, a checkpoint inside one, or an IRRA run folder; ``None`` takes the
-    most recent run under ``output_dir`` that has weights.
+    most recent run under ``output_dir`` that has weights. ``towers=("text",)``: the text encoder
+    only (see the module's notes).
     """
     from personsearch.model.checkpoints import load_checkpoint
     from personsearch.model.weights_trust import file_sha256, weights_for_file
@@ -130,7 +148,8 @@ def load_trained(
         if weights is None:
             raise InputError(f"IRRA run {path} has no best.pth or last.pth")
         settings = irra_settings(path / IRRA_CONFIG)
-        loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
+        loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride,
+                                 towers=towers)
         fingerprint = model_fingerprint(file_sha256(weights)[0], settings)
         return TrainedModel(loaded.clip.eval(), settings, path, weights, fingerprint, "irra", loaded.num_classes)
     run = find_run(path)
@@ -142,7 +161,8 @@ def load_trained(
         weights, meta = weights_for_file(path)
     else:
         weights, meta = read_weights_meta(run, which)
-    loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride)
+    loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride,
+                             towers=towers)
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
     return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",
                         loaded.num_classes)
@@ -153,11 +173,14 @@ def load_weights(
     image_size: tuple[int, int] | list[int] | None = None,
     stride: int | None = None,
     text_length: int | None = None,
+    *,
+    towers: Sequence[str] = TOWERS,
 ) -> TrainedModel:
     """A model for zero-shot search from plain CLIP weights (a file, a folder or a model name such
     as ViT-B/16: anything ``load_clip`` reads), without a trained run. Image size, stride and text
     length default to the settings' defaults (IRRA's 384x128, 16, 77); the fingerprint hashes the
-    weights file(s) with them, as for a run."""
+    weights file(s) with them, as for a run. ``towers=("text",)`` reads only the text encoder's
+    tensors from a ``.safetensors`` file; other formats are read whole, their image encoder dropped."""
     from personsearch.model import load_checkpoint
     from personsearch.model.weights_trust import file_sha256
 
@@ -166,7 +189,7 @@ def load_weights(
     settings = resolve_settings(overrides=overrides, environ={})
     model = settings.model
     loaded = load_checkpoint(source, image_size=model.image_size, stride=model.stride,
-                             context_length=model.text_length)
+                             context_length=model.text_length, towers=towers)
     path = loaded.path
     if path.is_dir():  # a Hugging Face folder: every regular file it holds, by name
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink())
