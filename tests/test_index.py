@@ -194,7 +194,7 @@ def test_append_is_incremental(built, tmp_path: Path) -> None:
     for name, data in before.items():
         if name != "header.json":
             assert after[name] == data, f"{name} was rewritten"
-    assert set(after) - set(before) == {"shard-00003.npy", "shard-00003.jsonl"}
+    assert set(after) - set(before) == {f"shard-00003.{kind}" for kind in ("npy", "jsonl", "lines.npy", "keys.npy")}
     assert files_to_embed(index, files) == files[4:]
     # The appended rows are searchable with exact scores.
     scores, rows = index.search(new[:4], 1)

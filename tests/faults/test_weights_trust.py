@@ -631,8 +631,8 @@ def test_weights_replaced_while_being_read_are_refused(trained_run, tmp_path, mo
     run = _run_copy(trained_run, tmp_path)
     real = checkpoints.read_weights_file
 
-    def read_then_replace(path: Path):  # noqa: ANN202
-        content = real(path)
+    def read_then_replace(path: Path, *args, **kwargs):  # noqa: ANN202
+        content = real(path, *args, **kwargs)
         _replace_weights(path)
         return content
 

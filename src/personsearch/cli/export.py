@@ -10,6 +10,7 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout, terminal_safe
+from personsearch.errors import InputError
 
 
 def export(
@@ -44,26 +45,53 @@ def export(
     ] = 16,
     weights: Annotated[str | None, typer.Option(
         "--weights", help="Plain CLIP weights instead of a run (zero-shot): a file, folder or ViT-B/16.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", min=1, help="Embed with N processes under torchrun, each a share of the files (new index).")
+    ] = None,
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Embed every image of a folder (or a prepared split) into a searchable index."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from personsearch.retrieval.export import export_run
+    from personsearch.engine import dist
+    from personsearch.retrieval.export import check_export, export_run
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                  TimeRemainingColumn(), console=stderr, disable=state.quiet or json_) as progress:
-        task = progress.add_task("embedding", total=None)
-        report = export_run(run, out, images=images, data=data, split=split, append=append, device=device,
-                            workers=workers, weights=weights, sets=set_ or (), batch_size=batch_size,
-                            precision=precision, faiss=faiss, nprobe=nprobe,
-                            on_total=lambda n: progress.update(task, total=n),
-                            progress=lambda n: progress.advance(task, n))
+    if nproc is not None and nproc > 1:
+        dist.check_nproc(nproc, device)
+        if append:
+            raise InputError("--append runs in one process", hint="drop --nproc to append")
+        # Input errors once, with exit 2, not from every process:
+        check_export(run, out, images=images, data=data, split=split, append=append, weights=weights)
+        code = dist.launch_torchrun(nproc, None)
+        if code:
+            raise typer.Exit(code)
+        return
+    info = dist.init_distributed(_device_of(device)) if dist.launched_by_torchrun() else dist.DistInfo()
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                      TimeRemainingColumn(), console=stderr, disable=state.quiet or json_ or not info.is_main) \
+                as progress:
+            task = progress.add_task("embedding", total=None)
+            report = export_run(run, out, images=images, data=data, split=split, append=append, device=device,
+                                workers=workers, weights=weights, sets=set_ or (), batch_size=batch_size,
+                                precision=precision, faiss=faiss, nprobe=nprobe,
+                                on_total=lambda n: progress.update(task, total=n),
+                                progress=lambda n: progress.advance(task, n))
+    finally:
+        dist.shutdown_distributed()
+    if not info.is_main:
+        return
     if json_:
         print_json(report.to_json())
         return
     _render(report)
+
+
+def _device_of(device: str) -> Any:
+    from personsearch.accel import resolve_device
+
+    return resolve_device(device)
 
 
 def _render(report: Any) -> None:

@@ -48,7 +48,7 @@ def query(
     check_recall: Annotated[bool, Option(
         "--check-recall", help="Report the FAISS recall@k against exact search for these queries.")] = False,
     verify: Annotated[bool, Option(
-        "--verify/--no-verify", help="Check every shard's sha256 before searching.")] = True,
+        "--verify/--no-verify", help="Check the index's sha256 (row tables; all files of a small index).")] = True,
     precision: Annotated[str, Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
     device: Annotated[str, Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     json_: JsonOption = False,

@@ -8,7 +8,8 @@ during the export is embedded again by the next ``append``.
 
 Writing goes through ``personsearch.retrieval.index``: a new index is built in a temporary folder
 and swapped in whole; an append adds one shard and commits it with the header. Either way an
-interrupted export leaves the index exactly as it was.
+interrupted export leaves the index exactly as it was. Under ``torchrun`` (``export --nproc N``)
+each process embeds a share of the files and rank 0 commits the index (``export_ranks``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from personsearch.accel import autocast, check_precision
-from personsearch.data.datasets import ImageFiles, collate_skipping
+from personsearch.accel import check_precision
 from personsearch.data.images import (
     IMAGE_SUFFIXES,
     LINK_OUTSIDE,
@@ -37,6 +36,15 @@ from personsearch.data.images import (
 )
 from personsearch.errors import InputError
 from personsearch.io import RunLock, ensure_replaceable, ensure_writable
+from personsearch.retrieval.export_batches import Counts, EntryQueue, Progress, embed_batches
+from personsearch.retrieval.export_ranks import (
+    first_shards,
+    process_group,
+    rank_device,
+    shares,
+    together,
+    write_index_across_ranks,
+)
 from personsearch.retrieval.gallery_files import (
     GalleryFiles,
     describe_files,
@@ -48,7 +56,6 @@ from personsearch.retrieval.index import (
     GalleryIndex,
     IndexEntry,
     append_locked,
-    files_to_embed,
     index_file_name,
     is_index_folder,
     write_index,
@@ -56,8 +63,6 @@ from personsearch.retrieval.index import (
 
 log = logging.getLogger(__name__)
 
-#: Called with the number of files finished (embedded or skipped) after each batch.
-Progress = Callable[[int], None]
 
 
 def check_out(out: str | Path, append: bool = False, inputs: Sequence[str | Path | None] = ()) -> bool:
@@ -124,71 +129,6 @@ class ExportReport:
         }
 
 
-class _EntryQueue:
-    """Metadata handed to the index writer in step with the embedding batches: each batch's
-    entries are queued before the batch is yielded, and the writer takes exactly that many."""
-
-    def __init__(self) -> None:
-        self._items: deque[IndexEntry] = deque()
-
-    def put(self, entries: Sequence[IndexEntry]) -> None:
-        self._items.extend(entries)
-
-    def __iter__(self) -> _EntryQueue:
-        return self
-
-    def __next__(self) -> IndexEntry:
-        if not self._items:
-            raise StopIteration
-        return self._items.popleft()
-
-
-@dataclass
-class _Counts:
-    indexed: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-@torch.no_grad()
-def _embed_batches(
-    clip: torch.nn.Module,
-    files: list[Path],
-    entries: list[IndexEntry],
-    transform: Callable[[Any], torch.Tensor],
-    queue: _EntryQueue,
-    counts: _Counts,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    precision: str,
-    progress: Progress | None,
-) -> Iterator[torch.Tensor]:
-    loader = DataLoader(
-        ImageFiles(files, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_skipping,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    for batch in loader:
-        for lost in batch.get("unreadable", ()):
-            counts.skipped.append((entries[lost.index].path, lost.reason))
-            log.warning("skipping %s: %s", entries[lost.index].path, lost.reason)
-        done = batch["skipped"]
-        if "images" in batch:
-            rows = batch["index"].tolist()
-            with autocast(precision, device):
-                feats = clip.encode_image(batch["images"].to(device, non_blocking=True))
-            queue.put([entries[i] for i in rows])
-            counts.indexed += len(rows)
-            done += len(rows)
-            yield feats.float().cpu()
-        if progress is not None:
-            progress(done)
-
-
 def export_images(
     model: Any,
     out: str | Path,
@@ -224,7 +164,11 @@ def export_images(
     if prepared is not None and not split:
         raise InputError("a prepared dataset needs a split (train, val or test)")
     out = Path(os.path.abspath(out))
-    device = torch.device(device)
+    device = rank_device(torch.device(device))
+    rank, world = process_group()
+    if world > 1 and append:
+        raise InputError("export --append runs in one process", hint="append without --nproc (or torchrun); a "
+                         "new index can be written by several processes")
     check_precision(precision, device)
     settings = model.settings
     batch_size = batch_size or settings.index.batch_size
@@ -238,25 +182,36 @@ def export_images(
         if not isinstance(prepared, PreparedDataset):
             prepared = PreparedDataset.load(prepared)
     inputs = [images] if images is not None else [prepared.path, prepared.raw_root]
-    existing_output = check_out(out, append, inputs)
+    existing_output = together(lambda: check_out(out, append, inputs), on=0)  # rank 0 alone probes --out
     if faiss is not None:
         from personsearch.retrieval.faiss_backend import require_faiss
 
         require_faiss()  # a missing package is reported before any embedding
 
-    gallery = (
-        gallery_from_folder(images) if images is not None else gallery_from_prepared(prepared, split or "")
-    )
     appending = append and existing_output
-    files, entries = describe_files(gallery)
-    if not appending and not files:
-        what = gallery.source.get("images") or f"{gallery.source.get('data')} split {split!r}"
-        raise _no_images(printable_path(str(what)), gallery.skipped)
+
+    def describe() -> tuple[GalleryFiles, list[Path], list[IndexEntry]]:
+        gallery = (
+            gallery_from_folder(images) if images is not None else gallery_from_prepared(prepared, split or "")
+        )
+        files, entries = describe_files(gallery)
+        if not appending and not files:
+            what = gallery.source.get("images") or f"{gallery.source.get('data')} split {split!r}"
+            raise _no_images(printable_path(str(what)), gallery.skipped)
+        return gallery, files, entries
+
+    gallery, files, entries = together(describe, on=0)  # one list, cut the same way by every rank
+    first_row = first_shard = 0
+    if world > 1:
+        spans = shares(len(files), world, batch_size)
+        first_row, end = spans[rank]
+        first_shard = first_shards(spans, settings.index.shard_size)[rank]
+        files, entries = files[first_row:end], entries[first_row:end]
 
     clip = model.clip
     transform = build_transform(settings.model.image_size, train=False)
-    queue = _EntryQueue()
-    counts = _Counts(skipped=list(gallery.skipped))
+    queue = EntryQueue()
+    counts = Counts(skipped=list(gallery.skipped))
     header_model = {
         "run": str(Path(os.path.abspath(model.source))),
         "weights": str(Path(os.path.abspath(model.weights))),
@@ -269,7 +224,9 @@ def export_images(
     }
     unchanged = 0
     # A second writer of the same index is refused while this one holds the lock.
-    lock = RunLock(out).acquire() if existing_output else None
+    locks: list[RunLock] = []
+    together(lambda: locks.append(RunLock(out).acquire()) if existing_output else None, on=0)
+    lock = locks[0] if locks else None
     was_training = clip.training
     try:
         existing: GalleryIndex | None = None
@@ -280,13 +237,19 @@ def export_images(
         if on_total is not None:
             on_total(len(files))
         clip.eval().to(device)
-        batches = _embed_batches(
+        batches = embed_batches(
             clip, files, entries, transform, queue, counts, batch_size, workers, device, precision, progress
         )
         if existing is not None:
             index = append_locked(existing, batches, queue) if files else existing
-        else:
+        elif world == 1:
             index = _write_new(out, batches, queue, model, gallery, settings, header_model, counts, len(files))
+        else:
+            listed = len(counts.skipped)
+            index, counts.indexed, more = write_index_across_ranks(
+                out, batches, queue, first_shard, first_row, model.fingerprint, gallery.root,
+                settings.index.shard_size, header_model, lambda: (counts.indexed, counts.skipped[listed:]))
+            counts.skipped = counts.skipped[:listed] + more
     finally:
         clip.train(was_training)
         if lock is not None:
@@ -296,7 +259,7 @@ def export_images(
     if faiss is not None and (existing is None or not faiss_entry):
         from personsearch.retrieval.ann import build_faiss
 
-        faiss_entry = build_faiss(out, factory=faiss, nprobe=nprobe)
+        faiss_entry = together(lambda: build_faiss(out, factory=faiss, nprobe=nprobe), on=0)
         index = GalleryIndex.open(out, verify=False)
     seconds = time.monotonic() - started
     report = ExportReport(
@@ -354,18 +317,16 @@ def _check_same_source(existing: GalleryIndex, model: Any, root: Path, out: Path
 def _not_yet_indexed(
     existing: GalleryIndex, files: list[Path], entries: list[IndexEntry]
 ) -> tuple[list[Path], list[IndexEntry], int]:
-    """The described files ``existing`` does not hold as they are now (``files_to_embed``), with
-    their entries, and how many it already holds unchanged."""
-    position = {entry.path: i for i, entry in enumerate(entries)}
-    # By path under the image root: the index's root may be the same folder reached through other links.
-    candidates = [entry.path for entry in entries]
-    todo = [position[file.relative_to(existing.image_root).as_posix()] for file in files_to_embed(existing, candidates)]
+    """The described files ``existing`` does not hold as they are now (path under the image root,
+    size, mtime: ``GalleryIndex.indexed``, on the row keys, no metadata row read), with their
+    entries, and how many it already holds unchanged."""
+    todo = np.flatnonzero(~existing.indexed(entries)).tolist()
     return [files[i] for i in todo], [entries[i] for i in todo], len(entries) - len(todo)
 
 
 def _write_new(
-    out: Path, batches: Iterator[torch.Tensor], queue: _EntryQueue, model: Any, gallery: GalleryFiles, settings: Any,
-    header_model: dict[str, Any], counts: _Counts, wanted: int,
+    out: Path, batches: Iterator[torch.Tensor], queue: EntryQueue, model: Any, gallery: GalleryFiles, settings: Any,
+    header_model: dict[str, Any], counts: Counts, wanted: int,
 ) -> GalleryIndex:
     return write_index(
         out,
@@ -378,7 +339,7 @@ def _write_new(
     )
 
 
-def _refuse_if_none_read(batches: Iterator[torch.Tensor], counts: _Counts, wanted: int) -> Iterator[torch.Tensor]:
+def _refuse_if_none_read(batches: Iterator[torch.Tensor], counts: Counts, wanted: int) -> Iterator[torch.Tensor]:
     """``batches``; then, when not one of the ``wanted`` images could be read, the error that says
     so, raised while the new index is still a temporary folder (so nothing is written)."""
     yield from batches
@@ -391,7 +352,29 @@ def _refuse_if_none_read(batches: Iterator[torch.Tensor], counts: _Counts, wante
         ) from None
 
 
-__all__ = ["IMAGE_SUFFIXES", "ExportReport", "check_out", "discover_images", "export_images", "printable_path"]
+__all__ = [
+    "IMAGE_SUFFIXES", "ExportReport", "check_export", "check_out", "discover_images", "export_images", "printable_path",
+]
+
+
+def check_export(
+    run: str | Path | None, out: str | Path, *, images: str | Path | None = None, data: str | Path | None = None,
+    split: str | None = None, append: bool = False, weights: str | Path | None = None,
+) -> None:
+    """The checks ``export_run`` makes before loading anything (a caller starting several
+    processes makes them once first): one model, one gallery, and an ``out`` that can be written."""
+    if run is not None and weights is not None:
+        raise InputError("give either a run or --weights, not both")
+    if run is None and weights is None:
+        raise InputError("no model given", hint="pass a run folder (personsearch export RUN --out ...) or --weights "
+                         "SOURCE for zero-shot search with plain CLIP weights")
+    if (images is None) == (data is None):
+        raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
+    if data is not None and split is None:
+        raise InputError("--data needs --split (train, val or test)")
+    if images is not None and split is not None:
+        raise InputError("--split applies to --data only")
+    together(lambda: check_out(out, append, [images, data]), on=0)  # a foreign, unwritable or input-overlapping --out
 
 
 def export_run(
@@ -418,19 +401,7 @@ def export_run(
     from personsearch.runs import load_trained, load_weights
     from personsearch.settings import resolve_settings
 
-    if run is not None and weights is not None:
-        raise InputError("give either a run or --weights, not both")
-    if run is None and weights is None:
-        raise InputError("no model given", hint="pass a run folder (personsearch export RUN --out ...) or --weights "
-                         "SOURCE for zero-shot search with plain CLIP weights")
-
-    if (images is None) == (data is None):
-        raise InputError("pass exactly one of --images DIR or --data PREPARED --split SPLIT")
-    if data is not None and split is None:
-        raise InputError("--data needs --split (train, val or test)")
-    if images is not None and split is not None:
-        raise InputError("--split applies to --data only")
-    check_out(out, append, [images, data])  # a foreign, unwritable or input-overlapping --out
+    check_export(run, out, images=images, data=data, split=split, append=append, weights=weights)
     torch_device = resolve_device(device)
     check_precision(options.get("precision", "fp32"), torch_device)
     if weights is not None:

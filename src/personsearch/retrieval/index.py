@@ -6,19 +6,22 @@ the rules every reader checks are in ``personsearch.retrieval.index_format``, a 
 callers use are all importable from here.
 
 Writing keeps the header the commit point: ``write_index`` builds a new index in a temporary
-folder and renames it into place whole; ``append_to_index`` writes its new shard (and, when the
-index has one, a new FAISS file) first and replaces the header last (``commit_header``), under the
-index's lock. An error or Ctrl-C before that removes the new files again; files a killed append
-left behind are removed by the next one (``clean_unlisted``).
+folder and renames it into place whole; ``append_to_index`` writes its new shard (and, when they
+change, a new superseded-rows list and a new FAISS file) first and replaces the header last
+(``commit_header``), under the index's lock. An error or Ctrl-C before that removes the new files
+again; files a killed append left behind are removed by the next one (``clean_unlisted``).
+
+Each shard is written with its row tables (``index_rows``), and the superseded rows are decided
+at write time from their path keys (``index_supersede``), so neither a reader nor the next append
+reads every metadata row. An append to a version-1 index writes the tables of its old shards
+first (reading their metadata this once) and commits it as version 2.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from personsearch.io.recorded import MAX_RECORDED, RELATIVE, relative_path
 from personsearch.retrieval import faiss_backend
 from personsearch.retrieval.gallery import GalleryIndex, SearchResults, files_to_embed
 from personsearch.retrieval.index_entry import IndexEntry, path_problem
+from personsearch.retrieval.index_files import check_faiss_file
 from personsearch.retrieval.index_format import (
     FAISS_FILE_RE,
     FORMAT_NAME,
@@ -49,12 +53,24 @@ from personsearch.retrieval.index_format import (
     INDEX_KIND,
     MODEL_PATH_KEYS,
     SHARD_FILE_RE,
+    SUPERSEDED_FILE_RE,
     damaged,
     index_file_name,
     is_index_folder,
     listed_files,
     read_header,
     shard_file_names,
+    shard_number,
+)
+from personsearch.retrieval.index_rows import encode_rows
+from personsearch.retrieval.index_supersede import supersede, write_superseded
+from personsearch.retrieval.index_tables import (
+    new_keys,
+    new_paths,
+    paths_after,
+    upgrade_shards,
+    write_file,
+    write_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -107,25 +123,25 @@ def _batches(embeddings: Any) -> Iterator[Any]:
 def _write_shard(
     folder: Path, number: int, rows: np.ndarray, entries: Sequence[IndexEntry]
 ) -> dict[str, Any]:
-    """Write one shard pair atomically and return its header entry."""
+    """Write one shard's four files atomically and return its header entry."""
     npy_name, meta_name = shard_file_names(number)
+    raw, lines, keys = encode_rows(entries)
     with atomic_open(folder / npy_name, "wb") as handle:
         np.save(handle, np.ascontiguousarray(rows), allow_pickle=False)
+    info: dict[str, Any] = {"embeddings": npy_name}
     try:
-        with atomic_open(folder / meta_name, "w", encoding="utf-8") as handle:
-            for entry in entries:
-                handle.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
+        info.update(write_file(folder, meta_name, raw, "metadata"))
+        info.update(write_tables(folder, number, lines, keys))
     except BaseException:
-        (folder / npy_name).unlink(missing_ok=True)  # a shard is both files or neither
+        for kind in ("embeddings", "metadata"):  # a shard is all its files or none
+            if kind in info:
+                (folder / info[kind]).unlink(missing_ok=True)
         raise
     return {
-        "embeddings": npy_name,
-        "metadata": meta_name,
+        **info,
         "rows": int(rows.shape[0]),
         "embeddings_bytes": (folder / npy_name).stat().st_size,
-        "metadata_bytes": (folder / meta_name).stat().st_size,
         "embeddings_sha256": sha256_file(folder / npy_name),
-        "metadata_sha256": sha256_file(folder / meta_name),
     }
 
 
@@ -178,14 +194,15 @@ class IndexWriter:
         if not self._buffered:
             return
         info = _write_shard(self.folder, self.next_shard, np.concatenate(self._rows), self._entries)
-        self.files += [self.folder / info["embeddings"], self.folder / info["metadata"]]
+        self.files += [self.folder / info[kind] for kind in ("embeddings", "metadata", "lines", "keys")]
         self.shards.append(info)
         self.next_shard += 1
         self.rows_written += self._buffered
         self._rows, self._entries, self._buffered = [], [], 0
 
 
-def _feed(writer: IndexWriter, embeddings: Any, metadata: Iterable[Mapping[str, Any] | IndexEntry]) -> None:
+def feed(writer: IndexWriter, embeddings: Any, metadata: Iterable[Mapping[str, Any] | IndexEntry]) -> None:
+    """Stream ``embeddings`` (one array or an iterable of batches) and their ``metadata`` into ``writer``."""
     entries = iter(metadata)
     for batch in _batches(embeddings):
         n = int(batch.shape[0]) if getattr(batch, "ndim", 2) > 1 else 1
@@ -217,6 +234,20 @@ def write_index(
     copied together with them keeps working. A folder at ``out`` that is not an index this tool
     wrote is refused, never replaced.
     """
+    root = check_new_index(model_fingerprint, shard_size, image_root)
+    out = Path(out)
+    ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder, written=index_file_name)
+    with atomic_directory(out) as tmp:
+        writer = IndexWriter(tmp, 0, shard_size, None)
+        feed(writer, embeddings, metadata)
+        writer.flush()
+        finish_new_index(tmp, out, writer.shards, writer.dim, model_fingerprint, root, shard_size, extra_header)
+    log.info("wrote index %s: %d rows in %d shards", out, writer.rows_written, len(writer.shards))
+    return GalleryIndex.open(out, verify=False)
+
+
+def check_new_index(model_fingerprint: Any, shard_size: Any, image_root: str | Path) -> str:
+    """The checked arguments of a new index; returns the absolute image root."""
     if not isinstance(model_fingerprint, str) or not model_fingerprint:
         raise InputError("model_fingerprint must be a non-empty string")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -224,37 +255,42 @@ def write_index(
     root = os.path.abspath(image_root)
     if "\x00" in root:
         raise InputError(f"image root {root!r} contains a NUL character")
-    out = Path(out)
-    ensure_replaceable(out, INDEX_KIND, "gallery index", legacy=is_index_folder, written=index_file_name)
-    with atomic_directory(out) as tmp:
-        writer = IndexWriter(tmp, 0, shard_size, None)
-        _feed(writer, embeddings, metadata)
-        writer.flush()
-        if writer.dim is None:
-            raise InputError("no embeddings given: an index needs at least one image")
-        now = _now()
-        header = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "dim": writer.dim,
-            "dtype": "float16",
-            "model_fingerprint": model_fingerprint,
-            "image_root": root,
-            "count": writer.rows_written,
-            "shard_size": shard_size,
-            "shards": writer.shards,
-            "created": now,
-            "updated": now,
-            "model": dict(extra_header or {}),
-            "faiss": None,
-        }
-        relative = _relative_paths(header, out)
-        if relative:
-            header[RELATIVE] = relative
-        write_owner_marker(tmp, INDEX_KIND)
-        atomic_write_json(tmp / HEADER_NAME, header)
-    log.info("wrote index %s: %d rows in %d shards", out, writer.rows_written, len(writer.shards))
-    return GalleryIndex.open(out, verify=False)
+    return root
+
+
+def finish_new_index(
+    tmp: Path, out: Path, shards: list[dict[str, Any]], dim: int | None, model_fingerprint: str, root: str,
+    shard_size: int, extra_header: Mapping[str, Any] | None,
+) -> None:
+    """Complete a new index whose ``shards`` (in row order) are written in ``tmp``, the temporary
+    folder that becomes ``out``: its superseded rows, owner marker and header (written last)."""
+    if dim is None or not shards:
+        raise InputError("no embeddings given: an index needs at least one image")
+    dead = supersede(np.zeros((0, 2), dtype=np.uint64), np.zeros(0, np.int64), new_keys(tmp, shards),
+                     new_paths(tmp, shards, 0))
+    superseded, _ = write_superseded(tmp, None, dead, np.zeros(0, np.int64))
+    now = _now()
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dim": dim,
+        "dtype": "float16",
+        "model_fingerprint": model_fingerprint,
+        "image_root": root,
+        "count": sum(int(shard["rows"]) for shard in shards),
+        "shard_size": shard_size,
+        "shards": shards,
+        "created": now,
+        "updated": now,
+        "model": dict(extra_header or {}),
+        "faiss": None,
+        "superseded": superseded,
+    }
+    relative = _relative_paths(header, out)
+    if relative:
+        header[RELATIVE] = relative
+    write_owner_marker(tmp, INDEX_KIND)
+    atomic_write_json(tmp / HEADER_NAME, header)
 
 
 def _relative_paths(header: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -276,7 +312,8 @@ def clean_unlisted(folder: Path, header: Mapping[str, Any]) -> None:
     for child in folder.iterdir():
         name = child.name
         stale = (
-            SHARD_FILE_RE.match(name) or FAISS_FILE_RE.match(name) or (name.startswith(".") and name.endswith(".tmp"))
+            SHARD_FILE_RE.match(name) or FAISS_FILE_RE.match(name) or SUPERSEDED_FILE_RE.match(name)
+            or (name.startswith(".") and name.endswith(".tmp"))
         ) and name not in listed
         if stale and child.is_file() and not child.is_symlink():
             log.info("removing stale %s", child)
@@ -332,20 +369,29 @@ def append_locked(
     folder = index.path
     header = dict(index.header)
     clean_unlisted(folder, header)
-    numbers = [int(SHARD_FILE_RE.match(s["embeddings"]).group(1)) for s in header["shards"]]  # type: ignore[union-attr]
+    numbers = [shard_number(s) for s in header["shards"]]
     writer = IndexWriter(folder, max(numbers, default=-1) + 1, 2**62, header["dim"], header["count"])
     new_files: list[Path] = []
     try:
-        _feed(writer, embeddings, metadata)
+        feed(writer, embeddings, metadata)
         writer.flush()
         new_files = list(writer.files)
         if not writer.shards:
             log.info("nothing to append to %s", folder)
             return index
+        if header["format_version"] < 2:
+            header["shards"] = upgrade_shards(index, new_files)
+        old_dead = index.dead_rows()
+        dead = supersede(index.all_keys(), old_dead, new_keys(folder, writer.shards),
+                         paths_after(index, new_paths(folder, writer.shards, header["count"])))
+        header["superseded"], written = write_superseded(folder, header.get("superseded"), dead, old_dead)
+        new_files += [written] if written is not None else []
+        header["format_version"] = FORMAT_VERSION
         header["shards"] = header["shards"] + writer.shards
         header["count"] = header["count"] + writer.rows_written
         header["updated"] = _now()
         if header.get("faiss"):
+            check_faiss_file(folder, header["faiss"], True)  # FAISS reads only a file it wrote
             new_rows = [np.load(folder / s["embeddings"], mmap_mode="r") for s in writer.shards]
             header["faiss"] = faiss_backend.extend_index(folder, header["faiss"], new_rows)
             new_files.append(folder / header["faiss"]["file"])
@@ -374,14 +420,18 @@ __all__ = [
     "INDEX_KIND",
     "append_locked",
     "append_to_index",
+    "check_new_index",
     "clean_unlisted",
     "commit_header",
     "damaged",
+    "feed",
     "files_to_embed",
+    "finish_new_index",
     "index_file_name",
     "is_index_folder",
     "normalise_rows",
     "path_problem",
+    "write_tables",
     "read_header",
     "sha256_of",
     "write_index",

@@ -1,8 +1,9 @@
 """One gallery row's metadata: the image's path relative to the image root, its identity, and
 the size and modification time that tell whether the file changed since it was embedded.
 
-Rows are stored one JSON object a line in a shard's ``.jsonl`` file. A row's path is the part
-that needs trust: ``path_problem`` is the one rule for what a stored path may look like.
+Rows are stored one JSON object a line in a shard's ``.jsonl`` file (read and checked by
+``index_rows``). A row's path is the part that needs trust: ``path_problem`` is the one rule for
+what a stored path may look like.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from personsearch.errors import InputError
-from personsearch.retrieval.index_format import damaged, is_integer, parse_json, short_reason
+from personsearch.retrieval.index_format import is_integer
 
 
 def path_problem(path: Any) -> str | None:
@@ -91,39 +92,3 @@ class IndexEntry:
                 and type(mtime) is int:
             return value
         return cls(path, None if pid is None else int(pid), int(size), int(mtime))
-
-
-def read_shard_entries(folder: Path, shard: Mapping[str, Any]) -> list[IndexEntry]:
-    """The checked rows of one shard's metadata file; anything this tool would not have written
-    makes the index "damaged or tampered with"."""
-    file = folder / shard["metadata"]
-    try:
-        with open(file, "rb") as handle:
-            raw = handle.read(int(shard["metadata_bytes"]) + 1)
-    except OSError as exc:
-        raise damaged(folder, f"{file} cannot be read ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise damaged(folder, f"{file} line {line_no} is not UTF-8 text") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != shard["rows"]:
-        raise damaged(
-            folder, f"{file} has {len(lines)} metadata rows but the header records {shard['rows']}"
-        )
-    entries: list[IndexEntry] = []
-    for line_no, line in enumerate(lines, 1):
-        try:
-            value = parse_json(line)
-        except (ValueError, RecursionError) as exc:
-            raise damaged(folder, f"{file} line {line_no} is not valid JSON ({short_reason(exc)})") from None
-        if not isinstance(value, dict):
-            raise damaged(folder, f"{file} line {line_no} is not a metadata row: {value!r:.200}")
-        try:
-            entries.append(IndexEntry.from_mapping(value, f"{file} line {line_no}"))
-        except InputError as exc:
-            raise damaged(folder, exc.message) from None
-    return entries

@@ -1,14 +1,25 @@
 """The on-disk format of a gallery index: its file names, its header, and the checks every reader makes.
 
-Layout of an index folder::
+Layout of an index folder (format version 2)::
 
-    header.json          format, version, dimension, model fingerprint, image root, counts,
-                         one entry per shard (row count, byte sizes, sha256 of both files),
-                         created/updated times, free-form ``model`` info, optional ``faiss``
-    shard-00000.npy      float16 [rows, dim], L2-normalised, memory-mappable (``mmap_mode="r"``)
-    shard-00000.jsonl    one JSON object per row: {"path", "pid", "size", "mtime_ns"}
-                         (see ``personsearch.retrieval.index_entry``)
-    faiss-00000.index    optional approximate index (see ``personsearch.retrieval.ann``)
+    header.json             format, version, dimension, model fingerprint, image root, counts,
+                            one entry per shard (row count, file names, byte sizes and sha256 of
+                            its four files), the superseded-rows entry, created/updated times,
+                            free-form ``model`` info, optional ``faiss``
+    shard-00000.npy         float16 [rows, dim], L2-normalised, memory-mappable (``mmap_mode="r"``)
+    shard-00000.jsonl       one JSON object per row: {"path", "pid", "size", "mtime_ns"}
+                            (see ``personsearch.retrieval.index_entry``)
+    shard-00000.lines.npy   int64 [rows, 2]: the byte offset just past each row's line in the
+                            ``.jsonl`` file, and a 64-bit digest of the line (``index_rows``)
+    shard-00000.keys.npy    uint64 [rows, 2]: 64-bit keys of each row's path and of its
+                            (path, size, mtime_ns), for appends (``index_rows``)
+    superseded-00000.npy    int64 [n], sorted: the rows whose file was indexed again by a later
+                            row (header ``superseded``: file, rows, bytes, sha256; null when none)
+    faiss-00000.index       optional approximate index (see ``personsearch.retrieval.ann``)
+
+Version 1 (written before the row tables existed) has no ``lines``/``keys`` files and no
+``superseded`` entry: readers parse its whole metadata on open, and the next append upgrades it
+to version 2 (writing the tables for its shards) without rewriting any of its files.
 
 Paths in the header (``image_root``; ``run``, ``weights``, ``images`` and ``data`` under ``model``)
 are absolute, and ``relative`` (optional: none in indexes written before it) holds them relative
@@ -17,15 +28,35 @@ where they exist, so an index moved or copied together with its images and run k
 (``personsearch.io.recorded``). ``GalleryIndex`` resolves them (``image_root``, ``model_info``).
 
 ``header.json`` is the commit point. A new index is built in a temporary folder and renamed into
-place whole; an append writes its new shard first and replaces the header last, so readers only
-ever see shards the header lists and an interrupted append leaves the old index valid. Files the
-header does not list (left by a killed append) are ignored by readers and removed by the next
-append.
+place whole; an append writes its new shard (and a new superseded list, under a new name) first
+and replaces the header last, so readers only ever see files the header lists and an interrupted
+append leaves the old index valid. Files the header does not list (left by a killed append) are
+ignored by readers and removed by the next append.
 
-Verification: opening an index always checks that every listed file exists with the byte size
-and ``.npy`` shape the header records (``open_shard``, ``check_faiss_file``: cheap, catches missing
-and truncated shards); ``verify=True`` also hashes every file with sha256, which reads the whole
-index once (~0.1 s per 100,000 x 512 rows). Pass ``verify=False`` on a hot path after a first check.
+Verification, and what a query pays for it (``index_files``, ``GalleryIndex.open``):
+
+- Always, on open: every listed file exists, is a regular file and has the recorded byte size;
+  every embeddings file has the recorded dtype and shape. Opening reads the header, the
+  superseded list and the ``.npy`` headers, nothing that grows with the rows but the list of
+  shards. A shard's line table is read when a row of that shard is first read (and must end where
+  the ``.jsonl`` file ends); each row read is checked against its line digest and its path
+  against ``path_problem``; ``image_path(row)`` refuses a row that leaves the image root through
+  a symbolic link.
+- ``verify=True`` (the default) hashes what is read whole: the superseded list on open, a line
+  table when it is read (16 bytes a row: 1 MB per full shard), the key tables when an append
+  reads them. A query over a 1M-row index hashes the tables of the few shards its hits fall in,
+  not 1 GB of embeddings. The choice: a changed embedding (same size and shape) can then change
+  a score unnoticed, but never which file a row names, and never a file outside the image root;
+  hashing it on every query would cost more than the search. ``verify="full"`` finds it.
+- ``verify="full"`` hashes every file (embeddings, metadata, tables, FAISS; ~1 s per GB), parses
+  every metadata row and checks it against its line digest, its keys and the superseded list, and
+  checks every row for a link out of the image root.
+- An index of at most ``CHECK_ALL_ROWS`` rows, and every version-1 index, is opened as ``"full"``
+  does (hashing only with ``verify``): there the whole check costs a few milliseconds, and a
+  tampered row is refused on open even when no query reaches it. ``verify=False`` skips hashing.
+
+The FAISS file is hashed before FAISS reads it (when ``verify``), which is when a search first
+uses it, not on open.
 
 Trust: every index folder carries the owner marker ``.personsearch.json`` (kind ``gallery-index``),
 and only such a folder (or an older, unmarked one whose whole content is an index's) is ever
@@ -45,19 +76,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from personsearch.errors import InputError
-from personsearch.io import OWNER_MARKER, sha256_file
+from personsearch.io import OWNER_MARKER
 from personsearch.io.recorded import RELATIVE, relative_fault
 
 FORMAT_NAME = "personsearch-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads (version 1: no row tables; upgraded by the next append).
+READABLE_VERSIONS = (1, 2)
 HEADER_NAME = "header.json"
 #: The owner-marker kind of an index folder.
 INDEX_KIND = "gallery-index"
-#: A shard file name: number, then ``npy`` (embeddings) or ``jsonl`` (metadata).
-SHARD_FILE_RE = re.compile(r"^shard-(\d{5,})\.(npy|jsonl)$")
+#: A shard file name: number, then ``npy`` (embeddings), ``jsonl`` (metadata), ``lines.npy`` or
+#: ``keys.npy`` (row tables).
+SHARD_FILE_RE = re.compile(r"^shard-(\d{5,})\.(npy|jsonl|lines\.npy|keys\.npy)$")
+#: The superseded-rows file name, numbered up whenever the list changes.
+SUPERSEDED_FILE_RE = re.compile(r"^superseded-(\d{5,})\.npy$")
+#: An index of at most this many rows is checked whole on open (see the module docstring).
+CHECK_ALL_ROWS = 8192
+#: A shard entry's files: header key -> file name suffix (after ``shard-NNNNN.``).
+SHARD_FILES = {"embeddings": "npy", "metadata": "jsonl", "lines": "lines.npy", "keys": "keys.npy"}
+#: The row-table files of a version-2 shard entry.
+TABLE_KINDS = ("lines", "keys")
 #: A FAISS file name, numbered up at every rebuild or extension.
 FAISS_FILE_RE = re.compile(r"^faiss-(\d{5,})\.index$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -85,6 +125,26 @@ def shard_file_names(number: int) -> tuple[str, str]:
     return f"shard-{number:05d}.npy", f"shard-{number:05d}.jsonl"
 
 
+def table_file_name(number: int, kind: str) -> str:
+    """The file name of shard ``number``'s row table ``kind`` (``lines`` or ``keys``)."""
+    return f"shard-{number:05d}.{SHARD_FILES[kind]}"
+
+
+def shard_number(shard: Mapping[str, Any]) -> int:
+    """The number in a (checked) shard entry's embeddings file name."""
+    match = SHARD_FILE_RE.match(shard["embeddings"])
+    assert match is not None  # read_header checked every name
+    return int(match.group(1))
+
+
+def next_superseded_file_name(current: Mapping[str, Any] | None) -> str:
+    """The name for a new superseded-rows file: one past the ``current`` header entry's."""
+    number = 0
+    if current and (match := SUPERSEDED_FILE_RE.match(current["file"])):
+        number = int(match.group(1)) + 1
+    return f"superseded-{number:05d}.npy"
+
+
 def next_faiss_file_name(current: Mapping[str, Any] | None) -> str:
     """The name for a new FAISS file: one past the ``current`` header entry's (a new name, so the
     old file stays valid until the header that lists the new one is committed)."""
@@ -98,9 +158,10 @@ def listed_files(header: Mapping[str, Any]) -> set[str]:
     """Every file the header lists (itself included): the committed index."""
     names = {HEADER_NAME}
     for shard in header["shards"]:
-        names |= {shard["embeddings"], shard["metadata"]}
-    if header.get("faiss"):
-        names.add(header["faiss"]["file"])
+        names |= {shard[kind] for kind in SHARD_FILES if kind in shard}
+    for key in ("faiss", "superseded"):
+        if header.get(key):
+            names.add(header[key]["file"])
     return names
 
 
@@ -110,6 +171,7 @@ def index_file_name(name: str) -> bool:
         name in (HEADER_NAME, OWNER_MARKER, ".lock")
         or SHARD_FILE_RE.match(name)
         or FAISS_FILE_RE.match(name)
+        or SUPERSEDED_FILE_RE.match(name)
         or (name.startswith(".") and name.endswith(".tmp"))
     )
 
@@ -170,7 +232,6 @@ _REQUIRED = ("dim", "count", "shards", "model_fingerprint", "image_root")
 MODEL_PATH_KEYS = ("run", "weights", "images", "data")
 #: The keys the header's ``relative`` object may hold: the header fields whose relative form it is.
 RELATIVE_KEYS = ("image_root", *(f"model.{key}" for key in MODEL_PATH_KEYS))
-_SHARD_INT_KEYS = ("rows", "embeddings_bytes", "metadata_bytes")
 
 
 def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
@@ -230,11 +291,13 @@ def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
         raise bad(f"has shards {shards!r:.60}, not a list")
     names: set[str] = set()
     total = 0
+    kinds = list(SHARD_FILES) if version >= 2 else ["embeddings", "metadata"]
     for number, shard in enumerate(shards):
         where = f"shard entry {number}"
         if not isinstance(shard, dict):
             raise bad(f"{where} is {shard!r:.60}, not an object")
-        for key, suffix in (("embeddings", "npy"), ("metadata", "jsonl")):
+        for key in kinds:
+            suffix = SHARD_FILES[key]
             name = shard.get(key)
             match = SHARD_FILE_RE.match(name) if isinstance(name, str) else None
             if match is None or match.group(2) != suffix:
@@ -242,16 +305,21 @@ def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
             if name in names:
                 raise bad(f"{where} lists {name} a second time")
             names.add(name)
-        for key in _SHARD_INT_KEYS:
-            if not is_integer(shard.get(key), 0):
-                raise bad(f"{where} has {key} {shard.get(key)!r:.60}, not a non-negative 64-bit integer")
-        for key in ("embeddings_sha256", "metadata_sha256"):
-            value = shard.get(key)
+            if not is_integer(shard.get(f"{key}_bytes"), 0):
+                raise bad(f"{where} has {key}_bytes {shard.get(f'{key}_bytes')!r:.60}, not a non-negative "
+                          "64-bit integer")
+            value = shard.get(f"{key}_sha256")
             if not isinstance(value, str) or not _SHA256_RE.match(value):
-                raise bad(f"{where} has {key} {value!r:.80}, not a sha256 hex digest")
+                raise bad(f"{where} has {key}_sha256 {value!r:.80}, not a sha256 hex digest")
+        if not is_integer(shard.get("rows"), 0):
+            raise bad(f"{where} has rows {shard.get('rows')!r:.60}, not a non-negative 64-bit integer")
         total += shard["rows"]
     if total != count:
         raise bad(f"records count {count} which does not equal the sum of the shard row counts ({total})")
+    if version >= 2:
+        if "superseded" not in header:
+            raise bad("is missing superseded")
+        _validate_superseded(header["superseded"], count, bad)
     faiss = header.get("faiss")
     if faiss is not None:
         if not isinstance(faiss, dict):
@@ -268,6 +336,23 @@ def _validate_header(folder: Path, path: Path, header: Any) -> dict[str, Any]:
         if "factory" in faiss and not isinstance(faiss["factory"], str):
             raise bad(f"has FAISS factory {faiss['factory']!r:.60}, not text")
     return header
+
+
+def _validate_superseded(entry: Any, count: int, bad: Any) -> None:
+    """The header's ``superseded`` entry: null, or the file of 1..count superseded rows."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise bad(f"has superseded {entry!r:.60}, not an object")
+    name = entry.get("file")
+    if not isinstance(name, str) or not SUPERSEDED_FILE_RE.match(name):
+        raise bad(f"names superseded file {name!r:.200}, not a superseded-NNNNN.npy file in the index")
+    if not is_integer(entry.get("rows"), 1, max(1, count)) or count == 0:
+        raise bad(f"has superseded rows {entry.get('rows')!r:.60}, not an integer from 1 to the count {count}")
+    if not is_integer(entry.get("bytes"), 0):
+        raise bad(f"has superseded bytes {entry.get('bytes')!r:.60}, not a non-negative integer")
+    if not isinstance(entry.get("sha256"), str) or not _SHA256_RE.match(entry["sha256"]):
+        raise bad(f"has superseded sha256 {entry.get('sha256')!r:.80}, not a sha256 hex digest")
 
 
 def read_header(folder: Path) -> dict[str, Any]:
@@ -304,49 +389,3 @@ def read_header(folder: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise damaged(folder, f"{path} is a corrupt header ({short_reason(exc)})") from None
     return _validate_header(folder, path, header)
-
-
-def open_shard(
-    folder: Path, header: Mapping[str, Any], shard: Mapping[str, Any], verify: bool
-) -> np.ndarray:
-    """The memory map of one listed shard after checking both its files: present, regular, the
-    recorded byte size, with ``verify`` the recorded sha256, and the recorded dtype and shape."""
-    for kind in ("embeddings", "metadata"):
-        file = folder / shard[kind]
-        try:
-            info = os.stat(file)
-        except FileNotFoundError:
-            raise damaged(folder, f"shard file {file} is missing") from None
-        except OSError as exc:
-            raise damaged(folder, f"shard file {file} cannot be read ({exc.strerror or exc})") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise damaged(folder, f"shard file {file} is not a regular file")
-        size, recorded = info.st_size, shard[f"{kind}_bytes"]
-        if size != recorded:
-            what = "truncated" if size < recorded else "changed"
-            raise damaged(folder, f"shard file {file} is {what}: {size} bytes, the header records {recorded}")
-        if verify and sha256_file(file) != shard[f"{kind}_sha256"]:
-            raise damaged(folder, f"shard file {file} is corrupt (sha256 checksum mismatch)")
-    file = folder / shard["embeddings"]
-    try:
-        array = np.load(file, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds (even TokenError)
-        raise damaged(folder, f"shard file {file} is not a readable .npy array ({short_reason(exc)})") from None
-    expected = (int(shard["rows"]), int(header["dim"]))
-    if (not isinstance(array, np.ndarray) or array.dtype != np.float16 or array.shape != expected
-            or not array.flags.c_contiguous):
-        raise damaged(
-            folder,
-            f"shard file {file} holds {getattr(array, 'dtype', '?')} {list(getattr(array, 'shape', ()))}, "
-            f"the header records float16 {list(expected)}",
-        )
-    return array
-
-
-def check_faiss_file(folder: Path, entry: Mapping[str, Any], verify: bool) -> None:
-    """The FAISS file the header's ``entry`` lists is there (and, with ``verify``, unchanged)."""
-    file = folder / entry["file"]
-    if not is_regular_file(file):
-        raise damaged(folder, f"FAISS file {file} is listed in the header but missing")
-    if verify and sha256_file(file) != entry["sha256"]:
-        raise damaged(folder, f"FAISS file {file} is corrupt (checksum mismatch)")
