@@ -73,11 +73,11 @@ def broadcast_flag(value: bool, info: DistInfo) -> bool:
 
 def check_nproc(nproc: int, device: str | None) -> None:
     """One process per GPU (or, on the CPU, at most one per core): anything else is a typo that would
-    start hundreds of training processes, or none."""
+    start hundreds of processes (training or export), or none."""
     from personsearch.errors import InputError
 
     if nproc < 1:
-        raise InputError(f"--nproc {nproc}: give the number of training processes, 1 or more")
+        raise InputError(f"--nproc {nproc}: give the number of processes, 1 or more")
     if nproc == 1:
         return
     on_gpu = torch.cuda.is_available() and (device or "auto") not in ("cpu",)
