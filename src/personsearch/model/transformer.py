@@ -1,0 +1,143 @@
+"""The transformer blocks of both CLIP encoders, with OpenAI's parameter names.
+
+Attention runs through ``scaled_dot_product_attention`` on the fused ``in_proj`` weights, batch
+first. A block can also report one query's head-averaged attention row (the class token's or the
+EOT token's: what attention-guided masking and token selection read) from the same forward, and
+the last block can run for one query position only when nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from personsearch.errors import InputError
+
+__all__ = ["Attention", "QuickGELU", "ResidualAttentionBlock", "Transformer"]
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names, run through SDPA."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise InputError(f"attention heads must be a whole number of at least 1, not {heads!r:.40}")
+        if width % heads:
+            raise InputError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: Tensor, causal: bool = False, query_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend over ``x`` [B, T, C]; with ``query_index`` [B] also return that query's
+        head-averaged attention row [B, T] (float32, no gradient)."""
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        row = None
+        if query_index is not None:
+            with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+                rows = torch.arange(batch, device=x.device)
+                q_sel = q[rows, :, query_index].float()  # [B, H, d]
+                scores = torch.einsum("bhd,bhtd->bht", q_sel, k.detach().float()) * head_dim**-0.5
+                if causal:
+                    positions = torch.arange(length, device=x.device)
+                    future = positions[None, :] > query_index[:, None]
+                    scores = scores.masked_fill(future[:, None, :], float("-inf"))
+                row = scores.softmax(dim=-1).mean(dim=1)
+        return out, row
+
+    def attend_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """The output [B, C] of one query position per sequence, keys and values from all of ``x``.
+
+        Used for the last block when only the class or EOT token is needed: the query, output
+        projection and MLP then run on one row instead of T.
+        """
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        rows = torch.arange(batch, device=x.device)
+        q = F.linear(x[rows, query_index], self.in_proj_weight[:width], self.in_proj_bias[:width])
+        kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+        k, v = kv.view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
+        if causal:
+            mask = (torch.arange(length, device=x.device)[None, :] <= query_index[:, None])[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.view(batch, self.heads, 1, head_dim), k, v, attn_mask=mask)
+        return self.out_proj(out.reshape(batch, width))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU()),
+                                              ("c_proj", nn.Linear(width * 4, width))]))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x: Tensor, causal: bool = False,
+                query_index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        attended, row = self.attn(self.ln_1(x), causal=causal, query_index=query_index)
+        x = x + attended
+        x = x + self.mlp(self.ln_2(x))
+        return x, row
+
+    def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """This block's output [B, C] at ``query_index`` only."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        y = x[rows, query_index] + self.attn.attend_one(self.ln_1(x), query_index, causal=causal)
+        return y + self.mlp(self.ln_2(y))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(
+        self,
+        x: Tensor,
+        causal: bool = False,
+        query_index: Tensor | None = None,
+        attention_layers: int = 0,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run every block; average the ``query_index`` attention rows of the last ``attention_layers``."""
+        first_recorded = (
+            self.layers - min(attention_layers, self.layers) if query_index is not None else self.layers
+        )
+        total: Tensor | None = None
+        for index, block in enumerate(self.resblocks):
+            record = query_index if index >= first_recorded else None
+            x, row = block(x, causal=causal, query_index=record)
+            if row is not None:
+                total = row if total is None else total + row
+        if total is not None:
+            total = total / (self.layers - first_recorded)
+        return x, total
+
+    def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
+        """The output [B, C] at ``query_index`` only (the last block skips every other query)."""
+        for block in self.resblocks[:-1]:
+            x, _ = block(x, causal=causal)
+        return self.resblocks[-1].forward_one(x, query_index, causal=causal)
