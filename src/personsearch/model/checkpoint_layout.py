@@ -18,10 +18,10 @@ from personsearch.errors import InputError
 
 __all__ = ["IRRA_HEADS", "CheckpointParts", "is_text_key", "split_heads", "unwrap_state_dict"]
 
-#: Top-level modules of IRRA's model beside ``base_model`` (its heads, and our optional attribute head; not
-#: part of CLIP).
+#: Top-level modules of IRRA's model beside ``base_model`` (its heads, our optional attribute head, and RDE's
+#: token-selection heads under RDE's spellings; not part of CLIP).
 IRRA_HEADS = ("classifier", "cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head",
-              "attr_head")
+              "attr_head", "visul_emb_layer", "texual_emb_layer")
 
 
 #: CLIP's text encoder under OpenAI's names (a prefix ending in "." or a whole name) and Hugging Face's.
@@ -33,11 +33,12 @@ _WRAPPERS = ("module.", "base_model.")
 
 def is_text_key(key: str) -> bool:
     """Whether a checkpoint key, wrapped in any layout this module reads, belongs to CLIP's text
-    encoder (what encoding a caption needs): never an image-encoder tensor or an IRRA head."""
+    encoder or RDE's text token-selection head (what encoding a caption needs): never an
+    image-encoder tensor or another head."""
     for wrapper in _WRAPPERS:
         if key.startswith(wrapper):
             key = key[len(wrapper):]
-    return key in _TEXT_NAMES or key.startswith(_TEXT_PREFIXES)
+    return key in _TEXT_NAMES or key.startswith(_TEXT_PREFIXES) or key.startswith("texual_emb_layer.")
 
 
 @dataclasses.dataclass

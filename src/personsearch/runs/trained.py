@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,12 @@ _IrraLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, nod
 
 
 def irra_settings(config_path: Path) -> Settings:
-    """Our settings from an IRRA ``configs.yaml`` (the keys that shape the model and its inputs)."""
+    """Our settings from an IRRA (or RDE) ``configs.yaml`` (the keys that shape the model and its inputs)."""
+    return _settings_from_args(read_irra_config(config_path), config_path)
+
+
+def read_irra_config(config_path: Path) -> dict[str, Any]:
+    """The argparse namespace IRRA's and RDE's ``train.py`` dump as ``configs.yaml``, as a mapping."""
     try:
         args = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_IrraLoader)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
@@ -88,6 +94,34 @@ def irra_settings(config_path: Path) -> Settings:
         raise InputError(f"cannot read {config_path}: {exc.strerror or exc}") from None
     if not isinstance(args, dict):
         raise InputError(f"{config_path} is not an IRRA configs.yaml (expected a mapping)")
+    return args
+
+
+#: RDE writes its loss as e.g. ``TAL+sr0.3_tau0.015_margin0.1_n0.2``: loss type, then the select ratio,
+#: tau, margin and noise rate in one string.
+_RDE_RATIO = re.compile(r"(?:^|[+_])sr([0-9]*\.?[0-9]+)(?:_|$)")
+
+
+def tse_ratio(args: dict[str, Any], config_path: Path) -> float:
+    """The share of tokens RDE's heads select: ``select_ratio``, else the ``srR`` of ``loss_names``, else RDE's 0.3."""
+    value: Any = args.get("select_ratio")
+    if value is None:
+        found = _RDE_RATIO.search(str(args.get("loss_names", ""))[:1000])
+        value = found.group(1) if found else 0.3
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{config_path}: select_ratio is {_brief(value)}, not a number") from None
+    if not 0 < ratio <= 1:
+        raise InputError(f"{config_path}: select_ratio {ratio} is outside (0, 1]")
+    return ratio
+
+
+def _rde_loss(names: str) -> bool:
+    return bool(re.search(r"TAL|TRL|InfoNCE|SDM|_", names))
+
+
+def _settings_from_args(args: dict[str, Any], config_path: Path) -> Settings:
     model: dict[str, Any] = {"pretrained": None}
     # Only scalars (and img_size's two scalars) are taken: a nested value, e.g. an alias bomb of
     # lists, is refused before it is printed or converted (its text form could be gigabytes).
@@ -103,7 +137,7 @@ def irra_settings(config_path: Path) -> Settings:
         if theirs in args and ours != "loss":
             model[ours] = args[theirs]
     values: dict[str, Any] = {"model": model}
-    if "loss_names" in args:
+    if "loss_names" in args and not _rde_loss(str(args["loss_names"])[:1000]):  # RDE's: not ours to train with
         values["loss"] = {"names": str(args["loss_names"])}
     return resolve_settings(config=values, environ={})
 
@@ -133,6 +167,7 @@ def load_trained(
     only (see the module's notes).
     """
     from personsearch.model.checkpoints import load_checkpoint
+    from personsearch.model.rde import TokenSelectionCLIP, has_tse_heads, heads_from_state
     from personsearch.model.weights_trust import file_sha256, weights_for_file
 
     if source is None:
@@ -147,11 +182,19 @@ def load_trained(
         weights = next((path / name for name in IRRA_WEIGHTS if (path / name).is_file()), None)
         if weights is None:
             raise InputError(f"IRRA run {path} has no best.pth or last.pth")
-        settings = irra_settings(path / IRRA_CONFIG)
+        args = read_irra_config(path / IRRA_CONFIG)
+        settings = _settings_from_args(args, path / IRRA_CONFIG)
         loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride,
                                  towers=towers)
-        fingerprint = model_fingerprint(file_sha256(weights)[0], settings)
-        return TrainedModel(loaded.clip.eval(), settings, path, weights, fingerprint, "irra", loaded.num_classes)
+        digest, clip = file_sha256(weights)[0], loaded.clip.eval()
+        if has_tse_heads(loaded.heads):  # an RDE run: embeddings are RDE's "BGE+TSE" joint ones
+            ratio = tse_ratio(args, path / IRRA_CONFIG)
+            image_head, text_head = heads_from_state(loaded.heads, clip.embed_dim, ratio, settings.model.text_length,
+                                                     image="image" in towers)
+            clip = TokenSelectionCLIP(clip, image_head, text_head).eval()
+            digest = f"{digest}+tse:{ratio}"  # the ratio changes every embedding, as the weights do
+        return TrainedModel(clip, settings, path, weights, model_fingerprint(digest, settings), "irra",
+                            loaded.num_classes)
     run = find_run(path)
     if run is None:
         raise InputError(f"{path} is not a run folder (no {CONFIG_FILE} beside its checkpoints)",
