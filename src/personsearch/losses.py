@@ -1,7 +1,8 @@
-"""The matching and auxiliary objectives of IRRA: SDM, ITC, ID, MLM and CMPM.
+"""The matching and auxiliary objectives of IRRA: SDM, ITC, ID, MLM and CMPM, and RDE's TAL.
 
 Each follows DESIGN.md's formulas; feature vectors are L2-normalised inside a loss unless the
-formula says otherwise. All functions take batched tensors and return a scalar tensor.
+formula says otherwise. All functions take batched tensors and return a scalar tensor, except RDE's
+``tal``, which returns one loss per pair (RDE weights each pair by its clean/noisy division).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cmpm_loss", "id_loss", "itc_loss", "mlm_loss", "sdm_loss"]
+__all__ = ["TAL_SUM_CAP", "cmpm_loss", "id_loss", "itc_loss", "mlm_loss", "sdm_loss", "tal"]
 
 
 def _same(values: Tensor) -> Tensor:
@@ -90,3 +91,35 @@ def cmpm_loss(image_feats: Tensor, text_feats: Tensor, pids: Tensor, eps: float 
     return _distribution_matching(image_proj_text, target, eps) + _distribution_matching(
         text_proj_image, target, eps
     )
+
+
+#: The largest sum of negative exponentials TAL takes the log of (RDE clamps it there).
+TAL_SUM_CAP = 1e36
+
+
+def tal(scores: Tensor, pids: Tensor, tau: float = 0.015, margin: float = 0.1) -> Tensor:
+    """RDE's triplet alignment loss per pair [B], both directions summed (RDE, CVPR 2024).
+
+    ``scores[i, j]``: cosine similarity of text i and image j. For each anchor, the positive term
+    is the similarity to its own identity's candidates weighted by a softmax over them at
+    temperature ``tau`` (weights held constant), the negative term ``tau * log sum exp(s / tau)``
+    over the other identities (a smooth hardest negative; the sum capped at ``TAL_SUM_CAP``):
+    ``relu(margin - positive + negative)``. An anchor without negatives costs 0.
+    """
+    scores = scores.float()
+    same = pids.reshape(-1, 1) == pids.reshape(1, -1)
+    cap = tau * torch.log(torch.tensor(TAL_SUM_CAP, dtype=scores.dtype, device=scores.device))
+
+    def one_side(s: Tensor) -> Tensor:
+        scaled = s / tau
+        weights = torch.softmax(scaled.masked_fill(~same, float("-inf")), dim=1).detach()
+        positive = (weights * s).sum(dim=1)
+        # A row without negatives is filled with zeros for the log-sum-exp and then dropped, so its
+        # gradient stays 0 instead of the NaN of log(0).
+        has_negative = (~same).any(dim=1)
+        negatives = scaled.masked_fill(same, float("-inf")).masked_fill(~has_negative[:, None], 0.0)
+        negative = torch.minimum(tau * torch.logsumexp(negatives, dim=1), cap)
+        loss = (margin - positive + negative).clamp(min=0)
+        return torch.where(has_negative, loss, torch.zeros_like(loss))
+
+    return one_side(scores) + one_side(scores.t())
