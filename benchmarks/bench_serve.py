@@ -117,15 +117,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--cli-repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows (run_all.py)")
     args = parser.parse_args()
 
-    print(machine_header())
-    print(f"load average before: {load_average()}")
+    say = (lambda *a: None) if args.json else print
+    say(machine_header())
+    say(f"load average before: {load_average()}")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-", dir=args.dir))
     try:
         start = time.perf_counter()
         _, index = build(work, args.rows)
-        print(f"built a random ViT-B/16 run and a {args.rows:,}-row index in {time.perf_counter() - start:.0f} s")
+        say(f"built a random ViT-B/16 run and a {args.rows:,}-row index in {time.perf_counter() - start:.0f} s")
         questions = texts(args.queries)
         cold = one_shot(index, questions[0], args.cli_repeats)
         process, url = start_server(index)
@@ -141,6 +143,17 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
         median, p90 = statistics.median(warm), warm[int(0.9 * (len(warm) - 1))]
+        if args.json:
+            print(json.dumps([
+                {"figure": f"warm `serve` text query over HTTP, {args.rows:,} x 512 index, ViT-B/16 "
+                           "(reference: one-shot `personsearch query`)", "unit": "s", "ours": median,
+                 "reference": cold, "higher_is_better": False, "goal": "<= 50 ms",
+                 "note": f"p90 {p90 * 1000:.1f} ms"},
+                {"figure": "warm `serve`, 16 clients at once (queries/s)", "unit": "queries/s",
+                 "ours": len(loaded) / wall, "reference": 1 / median, "goal": "-",
+                 "note": f"reference: one client; median latency {statistics.median(loaded) * 1000:.0f} ms"},
+            ]))
+            return
         print(f"\n| {args.rows:,}-row index, ViT-B/16 text tower, top 10 | seconds per query | queries/s |")
         print("|---|---|---|")
         print(f"| one-shot `personsearch query` (fresh process, median of {args.cli_repeats}) | {cold:.2f} | "

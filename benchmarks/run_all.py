@@ -44,6 +44,9 @@ BENCHMARKS = (
     Benchmark("search", "bench_search.py", ("--repeats", "5")),
     Benchmark("export", "bench_export.py", ()),
     Benchmark("query_cli", "bench_query_cli.py", ()),
+    Benchmark("query_startup", "bench_query_startup.py", ("--repeats", "3")),
+    Benchmark("index_scale", "bench_index_scale.py", ("--sizes", "10000,100000", "--repeats", "3")),
+    Benchmark("serve", "bench_serve.py", ("--queries", "30", "--cli-repeats", "2")),
 )
 
 
