@@ -154,12 +154,9 @@ def our_append(folder: Path, candidates: list[IndexEntry], dim: int, seed: int) 
 def cli_seconds(index: Path, repeats: int) -> float:
     cli = str(Path(sys.executable).parent / "personsearch")
     command = [cli, "query", QUERY, "--index", str(index), "--json", "-k", str(K)]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from bench_query_cli import wall
+
+    return wall(command, repeats)
 
 
 def main() -> None:

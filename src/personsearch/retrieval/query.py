@@ -136,6 +136,23 @@ def find_index(index: str | Path | None, output_dir: str | Path = "runs") -> tup
     return run / RUN_INDEX_DIR, True
 
 
+def search_target(index: str | Path | None, device: str, precision: str,
+                  output_dir: str | Path | None = None) -> tuple[torch.device, Path, bool]:
+    """The device (``precision`` checked on it) and the index to search: ``index``, or the newest
+    run's under ``output_dir`` (the settings' ``runtime.output_dir`` when None); the flag says
+    whether the index was chosen automatically."""
+    from personsearch.accel import check_precision, resolve_device
+
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
+    if output_dir is None:
+        from personsearch.settings import resolve_settings
+
+        output_dir = resolve_settings().runtime.output_dir
+    index_path, chosen = find_index(index, output_dir)
+    return torch_device, index_path, chosen
+
+
 def model_for_index(index: GalleryIndex, run: str | Path | None = None, weights: str | Path | None = None,
                     *, towers: Sequence[str] = ALL_TOWERS) -> Any:
     """The ``TrainedModel`` that made ``index``: ``run`` (a trained run) or ``weights`` (plain CLIP
@@ -327,8 +344,6 @@ def run_queries(
     rank, and optionally check FAISS recall and draw a contact sheet. Every input is checked
     before the model loads. The model is loaded with the text encoder only (``towers``; pass
     ``ALL_TOWERS`` to keep ``QueryRun.model`` for embedding images too)."""
-    from personsearch.accel import check_precision, resolve_device
-
     if sheet is not None:  # the sheet module (and PIL) only when a sheet is asked for
         from personsearch.sheet import check_sheet_path, check_sheet_size, check_sheet_target
 
@@ -340,13 +355,7 @@ def run_queries(
         raise InputError("no query text given", hint='pass a description, e.g. "woman in a red coat", or --file')
     if sheet is not None:
         check_sheet_size(len(given), k)
-    torch_device = resolve_device(device)
-    check_precision(precision, torch_device)
-    if output_dir is None:
-        from personsearch.settings import resolve_settings
-
-        output_dir = resolve_settings().runtime.output_dir
-    index_path, chosen = find_index(index, output_dir)
+    torch_device, index_path, chosen = search_target(index, device, precision, output_dir)
     if sheet is not None:
         check_sheet_target(sheet, owned=[("the index", index_path)])
     gallery = GalleryIndex.open(index_path, verify=verify)
@@ -387,5 +396,6 @@ __all__ = [
     "read_queries",
     "render_query_sheet",
     "run_queries",
+    "search_target",
     "search_text",
 ]

@@ -286,19 +286,12 @@ def open_service(index: str | Path | None = None, run: str | Path | None = None,
                  on_stage: Callable[[str], None] | None = None) -> SearchService:
     """Open ``index`` (the newest run's when None, as ``personsearch query``) and load the model that
     made it (or ``run`` / plain CLIP ``weights``, which must match): a service ready to search."""
-    from personsearch.accel import check_precision, resolve_device
     from personsearch.retrieval.gallery import GalleryIndex
-    from personsearch.retrieval.query import find_index, model_for_index
+    from personsearch.retrieval.query import model_for_index, search_target
 
     if backend not in ("exact", "faiss"):
         raise InputError(f"unknown search backend {backend!r}", hint="use 'exact' or 'faiss'")
-    torch_device = resolve_device(device)
-    check_precision(precision, torch_device)
-    if output_dir is None:
-        from personsearch.settings import resolve_settings
-
-        output_dir = resolve_settings().runtime.output_dir
-    index_path, _ = find_index(index, output_dir)
+    torch_device, index_path, _ = search_target(index, device, precision, output_dir)
     if on_stage is not None:
         on_stage(f"opening index {index_path}")
     gallery = GalleryIndex.open(index_path, verify=verify)
