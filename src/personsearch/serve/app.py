@@ -156,7 +156,7 @@ K = Query(10, description=f"Results to return, 1 to {MAX_K}.")
 
 
 def _api(app: FastAPI, service: SearchService) -> None:
-    @app.get("/api/health")
+    @app.api_route("/api/health", methods=["GET", "HEAD"])
     def health() -> dict[str, Any]:
         return service.health()
 
