@@ -90,8 +90,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows")
     args = parser.parse_args()
 
-    from personsearch.runs import load_trained
     from personsearch.retrieval import write_index
+    from personsearch.runs import load_trained
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
