@@ -1,4 +1,5 @@
-"""The matching and auxiliary objectives of IRRA: SDM, ITC, ID, MLM and CMPM, and RDE's TAL.
+"""The matching and auxiliary objectives of IRRA: SDM, ITC, ID, MLM and CMPM; RDE's TAL; and the
+optional multi-label attribute loss for datasets that record per-image attributes.
 
 Each follows DESIGN.md's formulas; feature vectors are L2-normalised inside a loss unless the
 formula says otherwise. All functions take batched tensors and return a scalar tensor, except RDE's
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TAL_SUM_CAP", "cmpm_loss", "id_loss", "itc_loss", "mlm_loss", "sdm_loss", "tal"]
+__all__ = ["TAL_SUM_CAP", "attr_loss", "cmpm_loss", "id_loss", "itc_loss", "mlm_loss", "sdm_loss", "tal"]
 
 
 def _same(values: Tensor) -> Tensor:
@@ -64,6 +65,16 @@ def id_loss(image_logits: Tensor, text_logits: Tensor, pids: Tensor) -> Tensor:
     """Identity classification of both modalities through one shared classifier, averaged."""
     pids = pids.reshape(-1).long()
     return (F.cross_entropy(image_logits.float(), pids) + F.cross_entropy(text_logits.float(), pids)) / 2
+
+
+def attr_loss(image_logits: Tensor, text_logits: Tensor, targets: Tensor) -> Tensor:
+    """Multi-label attribute classification of both modalities through one shared head: binary
+    cross-entropy against the image's multi-hot ``targets`` [B, A], averaged over labels and
+    samples, then over the two sides."""
+    targets = targets.float()
+    image = F.binary_cross_entropy_with_logits(image_logits.float(), targets)
+    text = F.binary_cross_entropy_with_logits(text_logits.float(), targets)
+    return (image + text) / 2
 
 
 def mlm_loss(scores: Tensor, labels: Tensor) -> Tensor:

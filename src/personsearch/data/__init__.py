@@ -31,7 +31,9 @@ _EXPORTS = {
     "ImageLoadError": "transforms",
     "IdentitySampler": "samplers",
     "ShuffleSampler": "samplers",
+    "SimilarCaptionSampler": "samplers",
     "build_sampler": "samplers",
+    "AttributeLabels": "attribute_labels",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -78,17 +78,23 @@ class ImageFiles(Dataset):
 
 
 class TrainCaptions(Dataset):
-    """Items ``{"images", "caption_ids", "pids", "image_ids"}``, one per training caption.
+    """Items ``{"images", "caption_ids", "pids", "image_ids"}``, one per training caption, and
+    ``"attributes"`` (float ``[A]``, the image's multi-hot labels) when ``attribute_targets`` is given.
 
     ``pids`` are the remapped identities 0..N-1 (``prepared.num_train_ids`` classes); ``image_ids``
-    number the training images, for SDM's image-id soft labels.
+    number the training images, for SDM's image-id soft labels; ``attribute_targets`` ``[entries, A]``
+    (``data.attribute_labels``) is indexed by the split's entries.
     """
 
-    def __init__(self, prepared: PreparedDataset, transform: Transform, split: str = "train") -> None:
+    def __init__(self, prepared: PreparedDataset, transform: Transform, split: str = "train",
+                 attribute_targets: np.ndarray | None = None) -> None:
         self.prepared = prepared
         self.transform = transform
         entries = prepared.entries(split)
         self.entries: list[Entry] = entries
+        if attribute_targets is not None and len(attribute_targets) != len(entries):
+            raise ValueError(f"{len(attribute_targets)} rows of attribute targets for {len(entries)} images")
+        self.attribute_targets = attribute_targets
         self.images = ImageFiles([prepared.image_path(entry) for entry in entries], transform)
         owner = np.repeat(np.arange(len(entries)), [len(entry.captions) for entry in entries])
         self.caption_entry = owner
@@ -106,12 +112,15 @@ class TrainCaptions(Dataset):
             log.warning("skipping training image (entry %d): %s: %s", entry.entry, self.images.files[position],
                         item.reason)
             return None
-        return {
+        sample = {
             "images": item["images"],
             "caption_ids": torch.from_numpy(self.prepared.tokens[self.caption_rows[index]].astype(np.int64)),
             "pids": entry.pid,
             "image_ids": entry.image_id,
         }
+        if self.attribute_targets is not None:
+            sample["attributes"] = torch.from_numpy(self.attribute_targets[position])
+        return sample
 
 
 def collate_skipping(batch: Sequence[dict[str, Any] | Unreadable | None]) -> dict[str, Any]:

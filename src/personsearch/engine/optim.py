@@ -2,7 +2,7 @@
 
 Parameter rules, applied in IRRA's order to every trainable parameter name (later rules win):
 ``cross`` in the name -> lr x lr_factor; ``bias`` -> lr x bias_lr_factor and weight_decay_bias;
-``classifier`` or ``mlm_head`` -> lr x lr_factor (weight decay as left by the bias rule).
+``classifier``, ``mlm_head`` or ``attr_head`` -> lr x lr_factor (weight decay as left by the bias rule).
 Parameters that end up with the same (lr, weight decay) share one group, which keeps their
 names under ``"names"`` (ignored by torch) and their unscheduled lr under ``"initial_lr"``.
 
@@ -31,7 +31,7 @@ from personsearch.settings import OptimSettings, ScheduleSettings
 
 log = logging.getLogger(__name__)
 
-NEW_MODULE_KEYS = ("classifier", "mlm_head")
+NEW_MODULE_KEYS = ("classifier", "mlm_head", "attr_head")
 
 
 def param_lr_and_decay(name: str, optim: OptimSettings) -> tuple[float, float]:

@@ -45,6 +45,7 @@ class TrainingSetup:
 def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: bool) -> TrainingSetup:
     """Everything training needs, in the order that keeps the random draws of model initialisation
     a function of ``runtime.seed`` alone (the run's config.yaml is written by ``runs.held_run``)."""
+    from personsearch.data.attribute_labels import attribute_labels
     from personsearch.data.datasets import TrainCaptions
     from personsearch.data.prepared import PreparedDataset
     from personsearch.data.transforms import build_transform
@@ -66,7 +67,14 @@ def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: boo
         else:  # what the run learns from: flags unknown query words, refuses evaluating on its own images
             record_training_data(run_dir, prepared)
     transform = build_transform(settings.model.image_size, train=True, augment=settings.data.augment)
-    train_set = TrainCaptions(prepared, transform)
+    labels = None
+    if "attr" in settings.loss.enabled:
+        labels = attribute_labels(prepared)
+        if labels is None:
+            raise InputError(f"loss.names = {settings.loss.names!r}: the attribute loss (attr) needs per-image "
+                             f"attributes, and {prepared.name} records none",
+                             hint="drop attr from loss.names (only the synthetic set records attributes)")
+    train_set = TrainCaptions(prepared, transform, attribute_targets=labels.targets if labels else None)
     per_rank_batch = settings.train.batch_size // info.world_size
     if per_rank_batch < 1:
         raise InputError(f"train.batch_size = {settings.train.batch_size} is smaller than the number of "
@@ -82,7 +90,8 @@ def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: boo
     # Under DDP with loss.gather the matching losses see the global batch (features gathered with
     # gradients); otherwise per-rank losses, as IRRA computes them.
     gather = partial(distributed.all_gather_with_grad, info=info) if info.enabled and settings.loss.gather else None
-    model = build_irra(settings, num_classes=prepared.num_train_ids, freeze_logit_scale=True, feature_gather=gather)
+    model = build_irra(settings, num_classes=prepared.num_train_ids, freeze_logit_scale=True, feature_gather=gather,
+                       num_attributes=len(labels) if labels else 0)
     model.to(device)
     optimizer = build_optimizer(model, settings.optim)
     scheduler = build_scheduler(optimizer, settings.schedule, settings.train.epochs)
@@ -107,8 +116,11 @@ def build_train_sampler(setup: TrainingSetup) -> Any:
 
     settings, info = setup.settings, setup.info
     try:
-        return build_sampler(settings.data.sampler, setup.train_set.pids, setup.per_rank_batch,
+        train_set = setup.train_set
+        tokens = train_set.prepared.tokens[train_set.caption_rows] if settings.data.sampler == "similar" else None
+        return build_sampler(settings.data.sampler, train_set.pids, setup.per_rank_batch,
                              settings.data.num_instances, seed=settings.runtime.seed,
-                             num_replicas=info.world_size, rank=info.rank)
+                             num_replicas=info.world_size, rank=info.rank, tokens=tokens,
+                             group=settings.data.similar_group)
     except ValueError as exc:
         raise InputError(f"data.sampler = {settings.data.sampler!r}: {exc}") from None

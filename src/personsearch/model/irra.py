@@ -2,7 +2,9 @@
 
 Module names follow IRRA's ``model/build.py`` (``base_model``, ``classifier``, ``cross_attn``,
 ``cross_modal_transformer``, ``ln_pre_t``, ``ln_pre_i``, ``ln_post``, ``mlm_head``) so IRRA
-checkpoints load by name and the optimizer's parameter groups can match on them.
+checkpoints load by name and the optimizer's parameter groups can match on them. With the optional
+``attr`` loss (not IRRA's: auxiliary attribute supervision for a dataset that records per-image
+attributes) one more head, ``attr_head``, classifies the attributes from both global features.
 
 Where this forward is faster than IRRA's, and whether it is exact:
 
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from personsearch.errors import InputError
-from personsearch.losses import cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
+from personsearch.losses import attr_loss, cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
 from personsearch.model.clip import CLIP, Attention, QuickGELU, Transformer
 from personsearch.model.factory import clip_from_settings
 from personsearch.settings import LOSS_NAMES, MaskingSettings
@@ -91,6 +93,7 @@ class IRRA(nn.Module):
         irra_masked_matching: bool = False,
         freeze_logit_scale: bool = False,
         feature_gather: Callable[[Tensor], Tensor] | None = None,
+        num_attributes: int = 0,
     ) -> None:
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
@@ -101,11 +104,17 @@ class IRRA(nn.Module):
             )
         if "id" in losses and num_classes < 1:
             raise InputError(f"the identity loss needs at least one identity, got num_classes={num_classes}")
+        if "attr" in losses and num_attributes < 1:
+            raise InputError(
+                "the attribute loss (attr) needs per-image attribute labels, and this dataset has none",
+                hint="drop attr from loss.names (only the synthetic set records attributes)",
+            )
         if temperature <= 0:
             raise InputError(f"temperature must be positive, got {temperature}")
         self.losses = tuple(dict.fromkeys(losses))
         self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in self.losses}
         self.num_classes = int(num_classes)
+        self.num_attributes = int(num_attributes) if "attr" in self.losses else 0
         self.masking = masking or MaskingSettings()
         self.image_ids = image_ids
         self.image_id_factor = image_id_factor
@@ -129,6 +138,11 @@ class IRRA(nn.Module):
             self.classifier = nn.Linear(width, self.num_classes)
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.constant_(self.classifier.bias, 0.0)
+
+        if "attr" in self.losses:  # one multi-label head over both modalities, initialised as the classifier
+            self.attr_head = nn.Linear(width, self.num_attributes)
+            nn.init.normal_(self.attr_head.weight, std=0.001)
+            nn.init.constant_(self.attr_head.bias, 0.0)
 
         if "mlm" in self.losses:
             if width % 64:
@@ -178,10 +192,12 @@ class IRRA(nn.Module):
         *,
         freeze_logit_scale: bool = False,
         feature_gather: Callable[[Tensor], Tensor] | None = None,
+        num_attributes: int = 0,
     ) -> IRRA:
         """The model the settings describe; ``clip`` defaults to ``settings.model.pretrained``
         (random init from ``settings.model.arch`` when that is null). The keywords are the
-        constructor's: how training runs this model, which the settings do not say."""
+        constructor's: how training runs this model, which the settings do not say
+        (``num_attributes``: labels of the attribute head, from the training data)."""
         if clip is None:
             clip = clip_from_settings(settings, num_classes)
         loss = settings.loss
@@ -201,6 +217,7 @@ class IRRA(nn.Module):
             irra_masked_matching=loss.irra_masked_matching,
             freeze_logit_scale=freeze_logit_scale,
             feature_gather=feature_gather,
+            num_attributes=num_attributes,
         )
 
     # ------------------------------------------------------------------------------ encoding
@@ -228,7 +245,8 @@ class IRRA(nn.Module):
         """Losses and accuracies for one batch.
 
         ``batch``: ``images`` [B, 3, H, W], ``caption_ids`` [B, T] (SOT ... EOT, zero padded),
-        ``pids`` [B] identity labels in [0, num_classes), optionally ``image_ids`` [B]. Returns
+        ``pids`` [B] identity labels in [0, num_classes), optionally ``image_ids`` [B] and (needed
+        by "attr") ``attributes`` [B, num_attributes] multi-hot labels. Returns
         ``<name>_loss`` for each enabled loss (weighted), ``loss`` (their sum), ``img_acc`` and
         ``txt_acc`` (with "id") and ``mlm_acc`` (with "mlm"); all tensors.
         """
@@ -289,6 +307,8 @@ class IRRA(nn.Module):
             out["id_loss"] = id_loss(image_logits, text_logits, pids) * self.loss_weights["id"]
             out["img_acc"] = (image_logits.argmax(dim=1) == pids).float().mean()
             out["txt_acc"] = (text_logits.argmax(dim=1) == pids).float().mean()
+        if "attr" in self.losses:
+            out["attr_loss"] = self._attributes(batch, i_feats, t_feats) * self.loss_weights["attr"]
         if use_mlm:
             if not masked_matching:
                 masked, labels = self._mask(ids, short_ids, eot_attention, generator)
@@ -321,6 +341,16 @@ class IRRA(nn.Module):
             accuracy = torch.zeros((), device=x.device)
         return {"mlm_loss": loss * self.loss_weights["mlm"], "mlm_acc": accuracy}
 
+    def _attributes(self, batch: Mapping[str, Tensor], i_feats: Tensor, t_feats: Tensor) -> Tensor:
+        targets = batch.get("attributes")
+        if targets is None:
+            raise InputError("the attribute loss (attr) is on but the batch carries no attribute labels",
+                             hint="drop attr from loss.names, or train on a dataset that records attributes")
+        if targets.dim() != 2 or targets.shape != (i_feats.shape[0], self.num_attributes):
+            raise ValueError(f"attributes must be [{i_feats.shape[0]}, {self.num_attributes}], "
+                             f"got {tuple(targets.shape)}")
+        return attr_loss(self.attr_head(i_feats), self.attr_head(t_feats), targets)
+
     def _image_ids(self, batch: Mapping[str, Tensor]) -> Tensor | None:
         if not self.image_ids:
             return None
@@ -348,7 +378,8 @@ def build_irra(
     *,
     freeze_logit_scale: bool = False,
     feature_gather: Callable[[Tensor], Tensor] | None = None,
+    num_attributes: int = 0,
 ) -> IRRA:
     """``IRRA.from_settings``: the model, its CLIP from ``settings.model`` unless one is given."""
     return IRRA.from_settings(settings, num_classes, clip, freeze_logit_scale=freeze_logit_scale,
-                              feature_gather=feature_gather)
+                              feature_gather=feature_gather, num_attributes=num_attributes)

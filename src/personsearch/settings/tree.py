@@ -26,7 +26,7 @@ from personsearch.settings.limits import (
 )
 from personsearch.settings.printable import short_repr
 
-LOSS_NAMES = ("sdm", "itc", "id", "mlm", "cmpm")
+LOSS_NAMES = ("sdm", "itc", "id", "mlm", "cmpm", "attr")
 
 
 class Inconsistent(ValueError):
@@ -56,9 +56,17 @@ class DataSettings(Section):
     augment: bool = Field(
         True, description="augmentation: pad 10 + random crop, random erasing (the flip stays either way, as IRRA)"
     )
-    sampler: Literal["random", "identity"] = Field("random", description="random batches or P identities x K")
+    sampler: Literal["random", "identity", "similar"] = Field(
+        "random",
+        description="random batches, P identities x K (identity), or groups of identities whose captions are "
+        "alike (similar: hard negatives, found by caption-token tf-idf similarity; any dataset)",
+    )
     num_instances: WholeNumber = Field(
         4, ge=1, le=MAX_BATCH, description="K images per identity for the identity sampler"
+    )
+    similar_group: WholeNumber = Field(
+        4, ge=1, le=MAX_BATCH,
+        description="similar sampler: identities per group (an anchor and its most alike neighbours), one sample each",
     )
     workers: WholeNumber = Field(2, ge=0, le=MAX_WORKERS, description="dataloader worker processes")
     skip_corrupt: bool = Field(True, description="skip unreadable images during training (counted) instead of failing")
@@ -112,12 +120,21 @@ class ModelSettings(Section):
 
 
 class LossSettings(Section):
-    names: Text = Field("sdm+mlm+id", description="enabled losses joined by '+': sdm, itc, id, mlm, cmpm")
+    names: Text = Field(
+        "sdm+mlm+id",
+        description="enabled losses joined by '+': sdm, itc, id, mlm, cmpm, attr (attr: auxiliary attribute "
+        "supervision, only for a dataset that records per-image attributes, such as the synthetic set)",
+    )
     sdm_weight: float = Field(1.0, ge=0, le=1e4)
     itc_weight: float = Field(1.0, ge=0, le=1e4)
     cmpm_weight: float = Field(1.0, ge=0, le=1e4)
     id_weight: float = Field(1.0, ge=0, le=1e4)
     mlm_weight: float = Field(1.0, ge=0, le=1e4)
+    attr_weight: float = Field(
+        1.0, ge=0, le=1e4,
+        description="attr: weight of the multi-label attribute loss (binary cross-entropy of one linear head over "
+        "the image and the text features, averaged over labels and both sides)",
+    )
     image_ids: bool = Field(False, description="SDM soft labels from image ids (factor below)")
     image_id_factor: Probability = 0.3
     gather: bool = Field(False, description="under DDP, gather features of all ranks for SDM/ITC")
