@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from personsearch.errors import InputError
-from personsearch.losses import attr_loss, cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss
+from personsearch.losses import attr_loss, cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss, tal
 from personsearch.model.clip import CLIP, Attention, QuickGELU, Transformer
 from personsearch.model.factory import clip_from_settings
 from personsearch.settings import LOSS_NAMES, MaskingSettings
@@ -94,6 +94,8 @@ class IRRA(nn.Module):
         freeze_logit_scale: bool = False,
         feature_gather: Callable[[Tensor], Tensor] | None = None,
         num_attributes: int = 0,
+        tal_tau: float = 0.015,
+        tal_margin: float = 0.1,
     ) -> None:
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
@@ -121,6 +123,7 @@ class IRRA(nn.Module):
         self.mlm_trim = mlm_trim
         # IRRA's code: the matching losses see the MLM-masked caption (nothing is masked without mlm).
         self.irra_masked_matching = bool(irra_masked_matching)
+        self.tal_tau, self.tal_margin = float(tal_tau), float(tal_margin)
         self.base_model = base_model
         self.embed_dim = base_model.config.embed_dim
         self.vocab_size = int(vocab_size if vocab_size is not None else base_model.config.vocab_size)
@@ -218,6 +221,8 @@ class IRRA(nn.Module):
             freeze_logit_scale=freeze_logit_scale,
             feature_gather=feature_gather,
             num_attributes=num_attributes,
+            tal_tau=loss.tal_tau,
+            tal_margin=loss.tal_margin,
         )
 
     # ------------------------------------------------------------------------------ encoding
@@ -300,6 +305,8 @@ class IRRA(nn.Module):
             )
         if "cmpm" in self.losses:
             out["cmpm_loss"] = cmpm_loss(g_i, g_t, g_pids) * self.loss_weights["cmpm"]
+        if "tal" in self.losses:
+            out["tal_loss"] = self._tal(i_feats, t_feats, pids, batch) * self.loss_weights["tal"]
         if "id" in self.losses:
             self._check_pids(pids)
             image_logits = self.classifier(i_feats)
@@ -340,6 +347,16 @@ class IRRA(nn.Module):
         else:
             accuracy = torch.zeros((), device=x.device)
         return {"mlm_loss": loss * self.loss_weights["mlm"], "mlm_acc": accuracy}
+
+    def _tal(self, i_feats: Tensor, t_feats: Tensor, pids: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        """RDE's triplet alignment loss over this batch (this process's pairs, as RDE), summed over the
+        pairs; each pair weighted by ``batch["pair_weights"]`` when given (RDE's clean/noisy division)."""
+        scores = F.normalize(t_feats.float(), dim=1) @ F.normalize(i_feats.float(), dim=1).t()
+        per_pair = tal(scores, pids, tau=self.tal_tau, margin=self.tal_margin)
+        weights = batch.get("pair_weights")
+        if weights is not None:
+            per_pair = per_pair * weights.reshape(-1).to(per_pair)
+        return per_pair.sum()
 
     def _attributes(self, batch: Mapping[str, Tensor], i_feats: Tensor, t_feats: Tensor) -> Tensor:
         targets = batch.get("attributes")

@@ -26,7 +26,7 @@ from personsearch.settings.limits import (
 )
 from personsearch.settings.printable import short_repr
 
-LOSS_NAMES = ("sdm", "itc", "id", "mlm", "cmpm", "attr")
+LOSS_NAMES = ("sdm", "itc", "id", "mlm", "cmpm", "attr", "tal")
 
 
 class Inconsistent(ValueError):
@@ -122,8 +122,9 @@ class ModelSettings(Section):
 class LossSettings(Section):
     names: Text = Field(
         "sdm+mlm+id",
-        description="enabled losses joined by '+': sdm, itc, id, mlm, cmpm, attr (attr: auxiliary attribute "
-        "supervision, only for a dataset that records per-image attributes, such as the synthetic set)",
+        description="enabled losses joined by '+': sdm, itc, id, mlm, cmpm, attr, tal (attr: auxiliary attribute "
+        "supervision, only for a dataset that records per-image attributes, such as the synthetic set; tal: RDE's "
+        "triplet alignment loss, summed over the batch's pairs as RDE does)",
     )
     sdm_weight: float = Field(1.0, ge=0, le=1e4)
     itc_weight: float = Field(1.0, ge=0, le=1e4)
@@ -135,6 +136,10 @@ class LossSettings(Section):
         description="attr: weight of the multi-label attribute loss (binary cross-entropy of one linear head over "
         "the image and the text features, averaged over labels and both sides)",
     )
+    tal_weight: float = Field(1.0, ge=0, le=1e4, description="tal: weight of RDE's triplet alignment loss")
+    tal_tau: float = Field(0.015, gt=0, le=10, description="tal: temperature of the positive weights and of the "
+                           "smooth hardest negative (RDE's tau)")
+    tal_margin: float = Field(0.1, ge=0, le=10, description="tal: the margin (RDE's margin)")
     image_ids: bool = Field(False, description="SDM soft labels from image ids (factor below)")
     image_id_factor: Probability = 0.3
     gather: bool = Field(False, description="under DDP, gather features of all ranks for SDM/ITC")
