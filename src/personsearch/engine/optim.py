@@ -2,7 +2,8 @@
 
 Parameter rules, applied in IRRA's order to every trainable parameter name (later rules win):
 ``cross`` in the name -> lr x lr_factor; ``bias`` -> lr x bias_lr_factor and weight_decay_bias;
-``classifier``, ``mlm_head`` or ``attr_head`` -> lr x lr_factor (weight decay as left by the bias rule).
+``classifier``, ``mlm_head`` or ``attr_head`` -> lr x lr_factor (weight decay as left by the bias rule);
+RDE's token-selection heads -> ``optim.tse_lr`` (RDE's fixed 0.001).
 Parameters that end up with the same (lr, weight decay) share one group, which keeps their
 names under ``"names"`` (ignored by torch) and their unscheduled lr under ``"initial_lr"``.
 
@@ -32,6 +33,8 @@ from personsearch.settings import OptimSettings, ScheduleSettings
 log = logging.getLogger(__name__)
 
 NEW_MODULE_KEYS = ("classifier", "mlm_head", "attr_head")
+#: RDE's token-selection heads (its spellings): trained at ``optim.tse_lr``, as RDE's solver does.
+TSE_MODULE_KEYS = ("visul_emb_layer", "texual_emb_layer")
 
 
 def param_lr_and_decay(name: str, optim: OptimSettings) -> tuple[float, float]:
@@ -45,6 +48,8 @@ def param_lr_and_decay(name: str, optim: OptimSettings) -> tuple[float, float]:
         weight_decay = optim.weight_decay_bias
     if any(key in name for key in NEW_MODULE_KEYS):
         lr = optim.lr * optim.lr_factor
+    if any(key in name for key in TSE_MODULE_KEYS):  # RDE: a fixed rate for its heads, biases included
+        lr = optim.tse_lr
     return lr, weight_decay
 
 

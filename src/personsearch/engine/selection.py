@@ -113,8 +113,8 @@ class CheckpointSelection:
         says the trained weights are saved."""
         setup = self.setup
         try:
-            return self.evaluate(setup.model.base_model, setup.prepared, split, setup.settings, device=setup.device,
-                                 precision=setup.precision, progress=self._tick)
+            return self.evaluate(setup.model.retrieval_encoder(), setup.prepared, split, setup.settings,
+                                 device=setup.device, precision=setup.precision, progress=self._tick)
         except (StopTraining, KeyboardInterrupt):
             raise
         except Exception as exc:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from personsearch.errors import InputError
-from personsearch.model.transformer import Attention, QuickGELU, ResidualAttentionBlock, Transformer
+from personsearch.model.transformer import Attention, QuickGELU, ResidualAttentionBlock, Transformer, average_rows
 
 __all__ = ["CLIP", "Attention", "CLIPConfig", "QuickGELU", "ResidualAttentionBlock", "TOWERS", "Transformer",
            "build_clip", "config_from_state_dict", "check_towers", "patch_grid"]
@@ -276,14 +276,23 @@ class CLIP(nn.Module):
     def _text_tokens(
         self, ids: Tensor, attention_layers: int, trim: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        x, eot, rows = self._text_token_rows(ids, attention_layers, trim)
+        return x, eot, average_rows(rows)
+
+    def _text_token_rows(self, ids: Tensor, attention_layers: int, trim: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
         x, eot = self._text_embeddings(ids, trim)
-        x, row = self.transformer(
-            x,
-            causal=True,
-            query_index=eot if attention_layers > 0 else None,
-            attention_layers=attention_layers,
+        x, rows = self.transformer.forward_rows(
+            x, causal=True, query_index=eot if attention_layers > 0 else None, attention_layers=attention_layers
         )
-        return x, eot, row
+        return x, eot, rows
+
+    def encode_text_token_rows(
+        self, ids: Tensor, attention_layers: int, trim: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``encode_text_tokens`` with the EOT attention row of each of the last ``attention_layers``
+        blocks (in order) instead of their average: one pass serves both masking and token selection."""
+        x, _, rows = self._text_token_rows(ids, attention_layers, trim)
+        return self.ln_final(x) @ self.text_projection.to(x.dtype), rows
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """Global text features [B, D]: the EOT token (argmax of ids) after ``ln_final``, projected.

@@ -40,6 +40,9 @@ from personsearch.errors import InputError
 from personsearch.losses import attr_loss, cmpm_loss, id_loss, itc_loss, mlm_loss, sdm_loss, tal
 from personsearch.model.clip import CLIP, Attention, QuickGELU, Transformer
 from personsearch.model.factory import clip_from_settings
+from personsearch.model.rde import TokenSelectionCLIP
+from personsearch.model.transformer import average_rows
+from personsearch.model.tse import ImageTokenSelection, TextTokenSelection
 from personsearch.settings import LOSS_NAMES, MaskingSettings
 from personsearch.text.masking import mask_captions
 
@@ -96,6 +99,9 @@ class IRRA(nn.Module):
         num_attributes: int = 0,
         tal_tau: float = 0.015,
         tal_margin: float = 0.1,
+        tse: bool = False,
+        tse_ratio: float = 0.3,
+        tse_dim: int = 1024,
     ) -> None:
         super().__init__()
         unknown = [name for name in losses if name not in LOSS_NAMES]
@@ -146,6 +152,16 @@ class IRRA(nn.Module):
             self.attr_head = nn.Linear(width, self.num_attributes)
             nn.init.normal_(self.attr_head.weight, std=0.001)
             nn.init.constant_(self.attr_head.bias, 0.0)
+
+        self.tse = bool(tse)
+        if self.tse:  # RDE's heads, under RDE's names (its checkpoints and ours share the keys)
+            if not {"tal", "sdm"} & set(self.losses):
+                raise InputError("model.tse trains its heads with tal or sdm", hint="add tal (RDE) to loss.names")
+            if self.irra_masked_matching and "mlm" in self.losses:
+                raise InputError("model.tse cannot be combined with loss.irra_masked_matching",
+                                 hint="set loss.irra_masked_matching=false")
+            self.visul_emb_layer = ImageTokenSelection(width, tse_dim, tse_ratio)
+            self.texual_emb_layer = TextTokenSelection(width, tse_dim, tse_ratio, base_model.config.context_length)
 
         if "mlm" in self.losses:
             if width % 64:
@@ -223,6 +239,9 @@ class IRRA(nn.Module):
             num_attributes=num_attributes,
             tal_tau=loss.tal_tau,
             tal_margin=loss.tal_margin,
+            tse=settings.model.tse,
+            tse_ratio=settings.model.tse_ratio,
+            tse_dim=settings.model.tse_dim,
         )
 
     # ------------------------------------------------------------------------------ encoding
@@ -268,7 +287,10 @@ class IRRA(nn.Module):
         use_mlm = "mlm" in self.losses
         agm = use_mlm and self.masking.strategy == "attention"
 
-        image_tokens = self.base_model.encode_image_tokens(images)
+        if self.tse:
+            image_tokens, class_row = self.base_model.encode_image_tokens_attention(images)
+        else:
+            image_tokens = self.base_model.encode_image_tokens(images)
         i_feats = image_tokens[:, 0].float()
         length = int(ids.argmax(dim=-1).max()) + 1
         short_ids = ids[:, :length]
@@ -284,11 +306,20 @@ class IRRA(nn.Module):
             masked, labels = self._mask(ids, short_ids, eot_attention, generator)
             mlm_tokens, _ = self.base_model.encode_text_tokens(masked)
             t_feats = mlm_tokens[rows, masked.argmax(dim=-1)].float()  # IRRA: argmax of the masked ids
+        elif self.tse:  # one pass gives the masking's rows and the last block's row for token selection
+            layers = self.masking.layers if agm else 0
+            text_tokens, eot_rows = self.base_model.encode_text_token_rows(short_ids, max(layers, 1))
+            eot_attention = average_rows(eot_rows[-layers:]) if layers else None
+            t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
         else:
             text_tokens, eot_attention = self.base_model.encode_text_tokens(
                 short_ids, attention_layers=self.masking.layers if agm else 0
             )
             t_feats = text_tokens[rows, short_ids.argmax(dim=-1)].float()
+        tse = None
+        if self.tse:
+            tse = (self.visul_emb_layer(image_tokens, class_row).float(),
+                   self.texual_emb_layer(text_tokens, short_ids, eot_rows[-1]).float())
 
         g_i, g_t, g_pids = i_feats, t_feats, pids
         if self.feature_gather is not None:
@@ -299,14 +330,19 @@ class IRRA(nn.Module):
             image_ids = self._image_ids(batch)
             if image_ids is not None and self.feature_gather is not None:
                 image_ids = self.feature_gather(image_ids)
-            out["sdm_loss"] = (
-                sdm_loss(g_i, g_t, g_pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor)
-                * self.loss_weights["sdm"]
-            )
+            loss = sdm_loss(g_i, g_t, g_pids, self.logit_scale, image_ids=image_ids, factor=self.image_id_factor)
+            if tse is not None:  # RDE: the same loss on the token-selection embeddings, added
+                tse_i, tse_t = (self.feature_gather(f) for f in tse) if self.feature_gather is not None else tse
+                loss = loss + sdm_loss(tse_i, tse_t, g_pids, self.logit_scale, image_ids=image_ids,
+                                       factor=self.image_id_factor)
+            out["sdm_loss"] = loss * self.loss_weights["sdm"]
         if "cmpm" in self.losses:
             out["cmpm_loss"] = cmpm_loss(g_i, g_t, g_pids) * self.loss_weights["cmpm"]
         if "tal" in self.losses:
-            out["tal_loss"] = self._tal(i_feats, t_feats, pids, batch) * self.loss_weights["tal"]
+            loss = self._tal(i_feats, t_feats, pids, batch)
+            if tse is not None:  # RDE's bge_loss + tse_loss
+                loss = loss + self._tal(*tse, pids, batch)
+            out["tal_loss"] = loss * self.loss_weights["tal"]
         if "id" in self.losses:
             self._check_pids(pids)
             image_logits = self.classifier(i_feats)
@@ -347,6 +383,15 @@ class IRRA(nn.Module):
         else:
             accuracy = torch.zeros((), device=x.device)
         return {"mlm_loss": loss * self.loss_weights["mlm"], "mlm_acc": accuracy}
+
+    def retrieval_encoder(self) -> nn.Module:
+        """What retrieval embeds with: the CLIP, or with model.tse the CLIP and the token-selection
+        heads as one encoder of joint embeddings (``model.rde.TokenSelectionCLIP``)."""
+        if not self.tse:
+            return self.base_model
+        encoder = TokenSelectionCLIP(self.base_model, self.visul_emb_layer, self.texual_emb_layer)
+        encoder.training = self.base_model.training
+        return encoder
 
     def _tal(self, i_feats: Tensor, t_feats: Tensor, pids: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         """RDE's triplet alignment loss over this batch (this process's pairs, as RDE), summed over the

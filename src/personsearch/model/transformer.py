@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from personsearch.errors import InputError
 
-__all__ = ["Attention", "QuickGELU", "ResidualAttentionBlock", "Transformer"]
+__all__ = ["Attention", "QuickGELU", "ResidualAttentionBlock", "Transformer", "average_rows"]
 
 
 class QuickGELU(nn.Module):
@@ -123,21 +123,36 @@ class Transformer(nn.Module):
         attention_layers: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
         """Run every block; average the ``query_index`` attention rows of the last ``attention_layers``."""
+        x, rows = self.forward_rows(x, causal, query_index, attention_layers)
+        return x, average_rows(rows)
+
+    def forward_rows(
+        self, x: Tensor, causal: bool = False, query_index: Tensor | None = None, attention_layers: int = 0
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Run every block; the ``query_index`` attention rows of the last ``attention_layers``, in order."""
         first_recorded = (
             self.layers - min(attention_layers, self.layers) if query_index is not None else self.layers
         )
-        total: Tensor | None = None
+        rows: list[Tensor] = []
         for index, block in enumerate(self.resblocks):
             record = query_index if index >= first_recorded else None
             x, row = block(x, causal=causal, query_index=record)
             if row is not None:
-                total = row if total is None else total + row
-        if total is not None:
-            total = total / (self.layers - first_recorded)
-        return x, total
+                rows.append(row)
+        return x, rows
 
     def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
         """The output [B, C] at ``query_index`` only (the last block skips every other query)."""
         for block in self.resblocks[:-1]:
             x, _ = block(x, causal=causal)
         return self.resblocks[-1].forward_one(x, query_index, causal=causal)
+
+
+def average_rows(rows: list[Tensor]) -> Tensor | None:
+    """The mean of attention rows (None for none), summed in layer order."""
+    if not rows:
+        return None
+    total = rows[0]
+    for row in rows[1:]:
+        total = total + row
+    return total / len(rows)

@@ -167,7 +167,7 @@ def load_trained(
     only (see the module's notes).
     """
     from personsearch.model.checkpoints import load_checkpoint
-    from personsearch.model.rde import TokenSelectionCLIP, has_tse_heads, heads_from_state
+    from personsearch.model.rde import has_tse_heads
     from personsearch.model.weights_trust import file_sha256, weights_for_file
 
     if source is None:
@@ -186,13 +186,9 @@ def load_trained(
         settings = _settings_from_args(args, path / IRRA_CONFIG)
         loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride,
                                  towers=towers)
-        digest, clip = file_sha256(weights)[0], loaded.clip.eval()
-        if has_tse_heads(loaded.heads):  # an RDE run: embeddings are RDE's "BGE+TSE" joint ones
-            ratio = tse_ratio(args, path / IRRA_CONFIG)
-            image_head, text_head = heads_from_state(loaded.heads, clip.embed_dim, ratio, settings.model.text_length,
-                                                     image="image" in towers)
-            clip = TokenSelectionCLIP(clip, image_head, text_head).eval()
-            digest = f"{digest}+tse:{ratio}"  # the ratio changes every embedding, as the weights do
+        digest = file_sha256(weights)[0]
+        ratio = tse_ratio(args, path / IRRA_CONFIG) if has_tse_heads(loaded.heads) else None
+        clip, digest = _with_tse(loaded, digest, ratio, settings, towers)
         return TrainedModel(clip, settings, path, weights, model_fingerprint(digest, settings), "irra",
                             loaded.num_classes)
     run = find_run(path)
@@ -207,8 +203,25 @@ def load_trained(
     loaded = load_checkpoint(weights, image_size=settings.model.image_size, stride=settings.model.stride,
                              towers=towers)
     digest = (meta or {}).get("weights_sha256") or file_sha256(weights)[0]
-    return TrainedModel(loaded.clip.eval(), settings, run, weights, model_fingerprint(digest, settings), "run",
-                        loaded.num_classes)
+    clip, digest = _with_tse(loaded, digest, settings.model.tse_ratio if has_tse_heads(loaded.heads) else None,
+                             settings, towers)
+    return TrainedModel(clip, settings, run, weights, model_fingerprint(digest, settings), "run", loaded.num_classes)
+
+
+def _with_tse(
+    loaded: Any, digest: str, ratio: float | None, settings: Settings, towers: Sequence[str]
+) -> tuple[Any, str]:
+    """The checkpoint's CLIP, or (``ratio`` given: it holds RDE's token-selection heads) the CLIP with
+    those heads as one encoder of RDE's joint "BGE+TSE" embeddings; and the weights' digest, which
+    then also names the ratio (it changes every embedding, as the weights do)."""
+    from personsearch.model.rde import TokenSelectionCLIP, heads_from_state
+
+    clip = loaded.clip.eval()
+    if ratio is None:
+        return clip, digest
+    image_head, text_head = heads_from_state(loaded.heads, clip.embed_dim, ratio, settings.model.text_length,
+                                             image="image" in towers)
+    return TokenSelectionCLIP(clip, image_head, text_head).eval(), f"{digest}+tse:{ratio}"
 
 
 def load_weights(

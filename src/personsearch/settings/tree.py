@@ -117,6 +117,10 @@ class ModelSettings(Section):
         TOKENIZER_VOCAB, description="token table and MLM head rows; at least the tokenizer's 49,408 ids"
     )
     arch: ArchSettings = Field(default_factory=ArchSettings)
+    tse: bool = Field(False, description="RDE's token-selection embeddings: a second embedding per image and caption "
+                      "from the tokens the last block attends to; retrieval scores the mean of both cosines")
+    tse_ratio: float = Field(0.3, gt=0, le=1, description="tse: share of the tokens selected (RDE's select_ratio)")
+    tse_dim: WholeNumber = Field(1024, ge=2, le=1 << 16, description="tse: size of the token-selection embedding")
 
 
 class LossSettings(Section):
@@ -205,6 +209,8 @@ class OptimSettings(Section):
     bias_lr_factor: float = Field(2.0, gt=0, le=1e4)
     lr_factor: float = Field(5.0, gt=0, le=1e4, description="lr multiplier of the new (non-CLIP) modules")
     grad_clip: float | None = Field(None, gt=0, le=1e12, description="max global gradient norm; null = off")
+    tse_lr: float = Field(1e-3, gt=0, le=10, description="model.tse: the token-selection heads' learning rate "
+                          "(RDE's fixed 0.001, not scaled by lr)")
 
 
 class ScheduleSettings(Section):
