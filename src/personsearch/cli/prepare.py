@@ -50,6 +50,11 @@ def prepare(
         Path | None,
         typer.Option("--preview", help="synthetic: write a contact sheet PNG.", show_default=False),
     ] = None,
+    noise: Annotated[
+        float | None,
+        typer.Option("--noise", min=0, max=0.99, show_default=False,
+                     help="synthetic: share of training captions given to other identities (RDE; raw/noise.json)."),
+    ] = None,
 ) -> None:
     """Validate a raw dataset and write the prepared dataset (manifest + tokenized captions)."""
     from personsearch.data.formats import default_workers
@@ -62,7 +67,7 @@ def prepare(
     if not synthetic:
         given = [
             flag
-            for flag, value in (("--ids", ids), ("--seed", seed), ("--preview", preview))
+            for flag, value in (("--ids", ids), ("--seed", seed), ("--preview", preview), ("--noise", noise))
             if value is not None
         ]
         if given:
@@ -82,7 +87,7 @@ def prepare(
         quiet = common.state.quiet or json_
         report = prepare_synthetic(
             out, root=root, ids=ids if ids is not None else 800, seed=seed or 0, workers=workers, strict=strict,
-            verify=verify, check_only=check, preview=preview,
+            verify=verify, check_only=check, preview=preview, noise=noise or 0.0,
             drawing=None if quiet else lambda: common.stderr.status("drawing the synthetic dataset"))
     if json_:
         common.print_json(report.to_json())

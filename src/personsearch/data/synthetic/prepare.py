@@ -26,11 +26,13 @@ def prepare_synthetic(
     check_only: bool = False,
     preview: str | Path | None = None,
     drawing: Callable[[], AbstractContextManager[Any]] | None = None,
+    noise: float = 0.0,
 ) -> Any:
     """Draw ``ids`` identities into ``root`` (default ``out/raw``), prepare them into ``out`` (read
     in the CUHK-PEDES layout, labelled ``SYNTHETIC_LABEL``: the report's ``dataset`` and the
     manifest's ``label``), and write ``preview`` (a PNG contact sheet) afterwards; returns the
-    ``PrepareReport``. ``drawing`` wraps the drawing (a progress display)."""
+    ``PrepareReport``. ``drawing`` wraps the drawing (a progress display). ``noise``: the share of
+    training captions given to other identities' images (recorded in ``raw/noise.json``)."""
     from personsearch.data.prepared import check_output, prepare_dataset
     from personsearch.data.synthetic.writer import check_raw_target, generate_raw_dataset, write_preview
 
@@ -44,7 +46,7 @@ def prepare_synthetic(
     made = _missing_folders(out, raw)  # removed again, while empty, when drawing or preparing fails
     try:
         with drawing() if drawing is not None else contextlib.nullcontext():
-            generate_raw_dataset(raw, ids, seed, workers)
+            generate_raw_dataset(raw, ids, seed, workers, noise=noise)
         report = prepare_dataset("CUHK-PEDES", raw, out, strict=strict, verify=verify, workers=workers,
                                  check_only=check_only)
     except BaseException:

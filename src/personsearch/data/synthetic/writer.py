@@ -168,8 +168,13 @@ def generate_raw_dataset(
     seed: int = 0,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    noise: float = 0.0,
 ) -> None:
     """Draw ``ids`` identities (2-6 images each, 2 captions per image) into ``root``.
+
+    ``noise`` > 0 gives that share of the **training** captions to images of other identities
+    (RDE's noisy-correspondence protocol, ``personsearch.data.noise``) and records exactly which in
+    ``noise.json``; validation and test stay clean.
 
     ``progress(done, total)`` is called after each image, for a progress bar. An existing
     synthetic dataset at ``root`` (marked, see ``personsearch.io``) is replaced whole; any
@@ -184,6 +189,9 @@ def generate_raw_dataset(
         raise InputError(f"--seed {seed!r}: must be a non-negative integer")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers {workers!r}: must be at least 1")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
+        raise InputError(f"--noise {noise!r}: the share of noisy training captions must be in [0, 1)",
+                         hint="e.g. --noise 0.2 (RDE's settings: 0.2, 0.5, 0.8)")
     check_raw_target(root)
 
     jobs = _jobs(ids, seed)
@@ -210,10 +218,37 @@ def generate_raw_dataset(
             attribute_map[path] = {name: attributes[pid][name] for name in ATTRIBUTE_NAMES}
             if progress is not None:
                 progress(done, len(jobs))
+        if noise > 0:
+            atomic_write_text(tmp / NOISE_FILE, json.dumps(_add_noise(records, noise, seed), indent=1) + "\n")
         atomic_write_text(tmp / "reid_raw.json", json.dumps(records) + "\n")
         atomic_write_text(tmp / "attributes.json", json.dumps(attribute_map, indent=1) + "\n")
         write_owner_marker(tmp, SYNTHETIC_KIND)
     logger.info("wrote %s", root)
+
+
+#: What ``noise`` > 0 swapped: ``{"rate", "seed", "pairs", "noisy": [{"file_path", "caption", "id",
+#: "from": {"file_path", "caption", "id"}}]}`` (a training pair and the pair whose caption it got).
+NOISE_FILE = "noise.json"
+
+
+def _add_noise(records: list[dict[str, Any]], rate: float, seed: int) -> dict[str, Any]:
+    """Swap captions among a ``rate`` share of the training pairs in place; the record of what moved."""
+    from personsearch.data.noise import swap_captions
+
+    pairs = [(r, slot) for r, record in enumerate(records) if record["split"] == "train"
+             for slot in range(len(record["captions"]))]
+    swapped = swap_captions([records[r]["id"] for r, _ in pairs], rate, seed=seed + 7919)
+    originals = [(records[r]["captions"][slot], records[r]["processed_tokens"][slot]) for r, slot in pairs]
+    noisy = []
+    for target, source in enumerate(swapped.source.tolist()):
+        if source == target:
+            continue
+        (r, slot), (from_r, from_slot) = pairs[target], pairs[source]
+        records[r]["captions"][slot], records[r]["processed_tokens"][slot] = originals[source]
+        noisy.append({"file_path": records[r]["file_path"], "caption": slot, "id": records[r]["id"],
+                      "from": {"file_path": records[from_r]["file_path"], "caption": from_slot,
+                               "id": records[from_r]["id"]}})
+    return {"rate": rate, "seed": seed, "pairs": len(pairs), "noisy": noisy}
 
 
 def _read_records(raw_root: Path) -> list[Mapping[str, Any]]:
