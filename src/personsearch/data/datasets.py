@@ -117,6 +117,7 @@ class TrainCaptions(Dataset):
             "caption_ids": torch.from_numpy(self.prepared.tokens[self.caption_rows[index]].astype(np.int64)),
             "pids": entry.pid,
             "image_ids": entry.image_id,
+            "index": index,  # the pair: what a clean/noisy division (train.ccd) weighs
         }
         if self.attribute_targets is not None:
             sample["attributes"] = torch.from_numpy(self.attribute_targets[position])

@@ -97,6 +97,11 @@ class EpochRunner:
         self.budget = budget
         self.signals = signals
         self.to_device = to_device
+        self.division = None
+        if setup.settings.train.ccd:
+            from personsearch.engine.ccd_epoch import EpochDivision
+
+            self.division = EpochDivision(setup)
 
     def run(self, epoch: int, progress: TrainingProgress) -> None:
         """The steps of ``epoch`` (0-based) from batch ``progress.batch_in_epoch`` on."""
@@ -104,6 +109,10 @@ class EpochRunner:
         batches = epoch_batches(self.sampler, epoch, setup.per_rank_batch)
         first = progress.batch_in_epoch
         loader = self._loader(epoch, batches, first)
+        weights = None
+        if self.division is not None:  # the epoch's own batches, from its first, before any step
+            weights = self.division.weights(epoch, lambda: (self.to_device(b, setup.device)
+                                                            for b in self._loader(epoch, batches, 0)))
         if self.callbacks.on_epoch_start:
             self.callbacks.on_epoch_start(epoch, len(batches), first)
         self.trained.train()
@@ -114,6 +123,8 @@ class EpochRunner:
             if "images" not in batch or batch["images"].shape[0] == 0:  # every image unreadable
                 continue
             batch = self.to_device(batch, setup.device)
+            if weights is not None:
+                batch["pair_weights"] = weights[batch["index"].reshape(-1).cpu()].to(setup.device)
             outputs = self._step(batch, epoch, progress.step)
             progress.step += 1
             progress.epoch, progress.batch_in_epoch = epoch, batch_index + 1

@@ -13,6 +13,7 @@ import torch
 
 from personsearch.accel import check_precision, resolve_device
 from personsearch.engine import dist as distributed
+from personsearch.engine.ccd_epoch import check_ccd
 from personsearch.engine.optim import build_optimizer, build_scheduler
 from personsearch.engine.splits import check_eval_split, selection_split
 from personsearch.errors import InputError
@@ -54,6 +55,7 @@ def build_setup(settings: Settings, data: str | Path, run_dir: Path, resume: boo
     device = resolve_device(settings.runtime.device)
     precision = settings.runtime.precision
     check_precision(precision, device)
+    check_ccd(settings)
     info = distributed.init_distributed(device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)

@@ -235,6 +235,10 @@ class TrainSettings(Section):
         None, description="stop after this many optimizer steps"
     )
     max_minutes: float | None = Field(None, gt=0, le=1e8, description="stop after this wall-clock budget")
+    ccd: bool = Field(False, description="RDE's consensus clean-pair division: each epoch, pairs both embeddings "
+                      "find noisy are dropped from TAL (needs model.tse and tal; scikit-learn, the [rde] extra)")
+    ccd_fit: Literal["auto", "fast", "thorough"] = Field(
+        "auto", description="ccd: the mixture fit, RDE's two (auto: thorough on RSTPReid or above 40 % recorded noise)")
 
 
 class EvalSettings(Section):
