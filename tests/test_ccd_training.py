@@ -74,3 +74,12 @@ def test_ccd_needs_both_embeddings_and_tal(noisy_data, tmp_path):
         settings = _settings(noisy_data, tmp_path, *extra)
         with pytest.raises(InputError, match="train.ccd"):
             build_setup(settings, noisy_data, tmp_path / "x", resume=False)
+
+
+def test_warmup_epochs_train_on_every_pair(noisy_data, tmp_path):
+    from personsearch.engine.train import train
+
+    settings = _settings(noisy_data, tmp_path, "train.ccd_warmup=1")
+    train(settings, settings.data.root, tmp_path / "run")
+    assert not (tmp_path / "run" / "ccd" / "epoch-0001.npy").exists()
+    assert (tmp_path / "run" / "ccd" / "epoch-0002.npy").exists()

@@ -3,7 +3,8 @@
 At the start of an epoch, before its first step, every training pair's TAL is computed under the
 global and the token-selection embeddings (evaluation mode, no gradients) in the batches the epoch
 will train on, and ``engine.ccd.divide_pairs`` turns the two sets of losses into weights (1 clean,
-0 noisy) that the epoch's steps pass to the loss as ``pair_weights``. The weights are saved as
+0 noisy) that the epoch's steps pass to the loss as ``pair_weights`` (every pair kept during the
+first ``train.ccd_warmup`` epochs). The weights are saved as
 ``RUN/ccd/epoch-NNNN.npy`` before the first step: a run resumed inside the epoch reads them back, so
 it trains exactly as the uninterrupted run (the model it would recompute them with has moved on).
 
@@ -86,6 +87,8 @@ class EpochDivision:
                 ) -> torch.Tensor:
         """The weights [N] of ``epoch`` (0-based): read back when saved, else computed over ``batches``
         (the epoch's own, already on the device) and saved."""
+        if epoch < self.setup.settings.train.ccd_warmup:
+            return torch.ones(self.count)
         path = Path(self.setup.run_dir) / DIVISION_DIR / f"epoch-{epoch + 1:04d}.npy"
         saved = _read(path, self.count)
         if saved is not None:

@@ -237,6 +237,9 @@ class TrainSettings(Section):
     max_minutes: float | None = Field(None, gt=0, le=1e8, description="stop after this wall-clock budget")
     ccd: bool = Field(False, description="RDE's consensus clean-pair division: each epoch, pairs both embeddings "
                       "find noisy are dropped from TAL (needs model.tse and tal; scikit-learn, the [rde] extra)")
+    ccd_warmup: Annotated[WholeNumber, Field(ge=0, le=MAX_EPOCHS)] = Field(
+        0, description="ccd: first epochs trained on every pair, undivided (RDE: 0, from pretrained CLIP; a model "
+        "trained from scratch has no telling losses at first)")
     ccd_fit: Literal["auto", "fast", "thorough"] = Field(
         "auto", description="ccd: the mixture fit, RDE's two (auto: thorough on RSTPReid or above 40 % recorded noise)")
 
