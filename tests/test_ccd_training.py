@@ -76,6 +76,17 @@ def test_ccd_needs_both_embeddings_and_tal(noisy_data, tmp_path):
             build_setup(settings, noisy_data, tmp_path / "x", resume=False)
 
 
+def test_ccd_without_scikit_learn_is_refused_before_training(noisy_data, tmp_path, monkeypatch):
+    import sys
+
+    from personsearch.engine.setup import build_setup
+
+    monkeypatch.setitem(sys.modules, "sklearn.mixture", None)
+    with pytest.raises(InputError, match="scikit-learn") as caught:
+        build_setup(_settings(noisy_data, tmp_path), noisy_data, tmp_path / "x", resume=False)
+    assert "personsearch[rde]" in caught.value.hint
+
+
 def test_warmup_epochs_train_on_every_pair(noisy_data, tmp_path):
     from personsearch.engine.train import train
 

@@ -38,12 +38,17 @@ NOISE_FILE = "noise.json"
 
 
 def check_ccd(settings: Any) -> None:
-    """CCD divides by two embeddings' TAL: it needs model.tse and tal."""
+    """CCD divides by two embeddings' TAL: it needs model.tse, tal and scikit-learn."""
     if not settings.train.ccd:
         return
     if not settings.model.tse or "tal" not in settings.loss.enabled:
         raise InputError("train.ccd divides pairs by their TAL under both embeddings: it needs model.tse=true and "
                          "tal in loss.names", hint="e.g. --set model.tse=true --set loss.names=tal")
+    try:
+        import sklearn.mixture  # noqa: F401  (said before training starts, not at the first epoch)
+    except ImportError:
+        raise InputError("train.ccd needs scikit-learn, which is not installed",
+                         hint="pip install 'personsearch[rde]'") from None
 
 
 def pair_losses(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
