@@ -94,3 +94,18 @@ def test_warmup_epochs_train_on_every_pair(noisy_data, tmp_path):
     train(settings, settings.data.root, tmp_path / "run")
     assert not (tmp_path / "run" / "ccd" / "epoch-0001.npy").exists()
     assert (tmp_path / "run" / "ccd" / "epoch-0002.npy").exists()
+
+
+def test_a_ccd_folder_that_is_a_link_is_not_written_through(noisy_data, tmp_path):
+    from personsearch.engine.train import train
+    from personsearch.errors import RunFailure
+    from personsearch.runs import create_run
+
+    settings = _settings(noisy_data, tmp_path)
+    run = create_run(settings, name="linked", output_dir=tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run / "ccd").symlink_to(outside)
+    with pytest.raises(RunFailure, match="not the run's own folder"):
+        train(settings, settings.data.root, run)
+    assert list(outside.iterdir()) == []

@@ -31,10 +31,10 @@ CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
 
 
-def _browser(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    profile = Path(os.environ.get("TMPDIR", "/tmp"))
+def _browser(profile: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Headless Chromium with its own profile folder (``profile``: a test's tmp_path)."""
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile / f'chromium-{os.getpid()}'}",
+               "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile / 'chromium-profile'}",
                "--virtual-time-budget=20000", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
@@ -51,9 +51,9 @@ def page_server(trained_run: Path, synthetic_raw: Path, tmp_path_factory: pytest
         yield url
 
 
-def test_the_page_renders_the_result_images_of_a_query_in_the_url(page_server):
+def test_the_page_renders_the_result_images_of_a_query_in_the_url(page_server, tmp_path):
     url = f"{page_server}/?{urllib.parse.urlencode({'q': 'a woman in a red coat', 'k': 10})}"
-    done = _browser("--dump-dom", url)
+    done = _browser(tmp_path, "--dump-dom", url)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert re.search(r'<body[^>]*data-state="ready"', dom), dom[-3000:]
@@ -69,7 +69,7 @@ def test_a_screenshot_shows_the_results(page_server, tmp_path):
     shot = Path(os.environ.get("PERSONSEARCH_SCREENSHOT") or tmp_path / "page.png")
     query = os.environ.get("PERSONSEARCH_SCREENSHOT_QUERY", "a man in a blue jacket")
     url = f"{page_server}/?{urllib.parse.urlencode({'q': query, 'k': 16})}"
-    done = _browser(f"--screenshot={shot}", "--window-size=1280,860", url)
+    done = _browser(tmp_path, f"--screenshot={shot}", "--window-size=1280,860", url)
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
     assert pixels.shape[:2] == (860, 1280)
@@ -77,9 +77,9 @@ def test_a_screenshot_shows_the_results(page_server, tmp_path):
     assert lower.std() > 20, "the screenshot shows no images"
 
 
-def test_a_hostile_query_in_the_url_is_shown_as_text(page_server):
+def test_a_hostile_query_in_the_url_is_shown_as_text(page_server, tmp_path):
     hostile = '<img src=x onerror="document.body.dataset.pwned=1"><script>document.title="pwned"</script>'
-    done = _browser("--dump-dom", f"{page_server}/?{urllib.parse.urlencode({'q': hostile, 'k': 3})}")
+    done = _browser(tmp_path, "--dump-dom", f"{page_server}/?{urllib.parse.urlencode({'q': hostile, 'k': 3})}")
     assert done.returncode == 0
     assert "data-pwned" not in done.stdout and "<title>pwned" not in done.stdout
     assert re.search(r'<body[^>]*data-state="ready"', done.stdout)

@@ -188,8 +188,12 @@ def _read(path: Path, count: int) -> np.ndarray | None:
 
 
 def _write(path: Path, weights: np.ndarray) -> None:
+    from personsearch.errors import RunFailure
     from personsearch.io import atomic_write_bytes
 
+    if path.parent.is_symlink() or (path.parent.exists() and not path.parent.is_dir()):
+        raise RunFailure(f"{path.parent} is not the run's own folder (a link or a file): the division is not "
+                         "written through it", hint=f"remove {path.parent} and resume the run")
     buffer = io.BytesIO()
     np.save(buffer, weights.astype(np.float32), allow_pickle=False)
     path.parent.mkdir(parents=True, exist_ok=True)

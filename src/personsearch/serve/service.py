@@ -106,12 +106,7 @@ class SearchService:
     @property
     def image_count(self) -> int:
         """Searchable gallery images (a file re-embedded by an append counts once)."""
-        return len(self.index) - self._superseded
-
-    @property
-    def _superseded(self) -> int:
-        dead = self.index.superseded_rows()
-        return sum(int(rows.numel()) for rows in dead if rows is not None)
+        return len(self.index) - len(self.index.dead_rows())
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "images": self.image_count, "model": self.fingerprint}
