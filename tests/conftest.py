@@ -3,12 +3,25 @@ architecture, and one tiny trained run. Plain values and helpers live in ``tests
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tests.helpers import TINY_ARCH, TINY_SETS, TRAINED_RUN_SETS, tree_digest
 
 import personsearch  # noqa: F401  (first: its OpenMP wait policy must precede the first torch import)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the user's cache folder out of the suite, and make ``--precision auto`` mean fp32 on every
+    CPU (as if fp32 had measured faster), so figures do not depend on the machine running the tests.
+    Subprocesses inherit the variable; tests of the cache itself set their own."""
+    from personsearch.accel import remember_matmul_rates
+    from personsearch.io.cache import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("user-cache"))
+    remember_matmul_rates(fp32=2.0, bf16=1.0)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,8 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override one setting: section.key=value (repeatable).", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (for scripts).")]
+PRECISION_HELP = ("auto (what is fast on this machine: measured once, then remembered), fp32, bf16 "
+                  "or fp16 (CUDA).")
 
 
 def set_verbosity(verbose: bool = False, quiet: bool = False) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personsearch.cli.common import JsonOption, print_json, state, stderr, stdout, terminal_safe
+from personsearch.cli.common import PRECISION_HELP, JsonOption, print_json, state, stderr, stdout, terminal_safe
 
 
 def evaluate(
@@ -19,12 +19,15 @@ def evaluate(
     i2t: Annotated[bool, typer.Option("--i2t", help="Also report image→text retrieval.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a contact sheet PNG of sample queries.")] = None,
     queries: Annotated[int, typer.Option("--queries", min=1, max=100, help="Queries on the sheet.")] = 8,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Embedding batch size.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Dataloader workers.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Evaluate even on images the run was trained on (figures inflated).")] = False,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="Run the image encoder through torch.compile: faster after a one-time compile "
+        "(~15-40 s, cached); for large galleries.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Evaluate text→image retrieval; appends the result to the run's metrics.jsonl."""
@@ -37,7 +40,8 @@ def evaluate(
         task = progress.add_task(f"embedding {split or ''}".strip(), total=None)
         done = evaluate_run(run, data=data, split=split, unmatched=unmatched, i2t=i2t, sheet=sheet,
                             sheet_queries=queries, precision=precision, batch_size=batch_size, device=device,
-                            workers=workers, force=force, on_total=lambda n: progress.update(task, total=n),
+                            workers=workers, force=force, compile=compile_ or None,
+                            on_total=lambda n: progress.update(task, total=n),
                             progress=lambda n: progress.advance(task, n))
     if json_:
         print_json(done.to_json())
@@ -45,6 +49,7 @@ def evaluate(
     result = done.result
     _table(f"{done.model.source.name} on {done.prepared.name} ({done.split}, {done.queries} queries)",
            result.t2i, result.i2t)
+    stderr.print(terminal_safe(f"precision: {done.precision} ({done.precision_reason})"))
     if done.shared_training_images:
         stderr.print(f"[yellow]warning:[/] {done.shared_training_images} of these images are training images "
                      "of the run (--force): the figures are inflated")

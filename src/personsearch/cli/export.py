@@ -9,7 +9,16 @@ import typer
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from personsearch.cli.common import JsonOption, SetOption, print_json, state, stderr, stdout, terminal_safe
+from personsearch.cli.common import (
+    PRECISION_HELP,
+    JsonOption,
+    SetOption,
+    print_json,
+    state,
+    stderr,
+    stdout,
+    terminal_safe,
+)
 from personsearch.errors import InputError
 
 
@@ -27,7 +36,7 @@ def export(
     append: Annotated[
         bool, typer.Option("--append", help="Embed only new or changed files into a new shard.")
     ] = False,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch.")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=0, help="Image-decoding worker processes.")
@@ -48,6 +57,9 @@ def export(
     nproc: Annotated[int | None, typer.Option(
         "--nproc", min=1, help="Embed with N processes under torchrun, each a share of the files (new index).")
     ] = None,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="Run the image encoder through torch.compile: faster after a one-time compile "
+        "(~15-40 s, cached); for large galleries.")] = False,
     set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
@@ -75,7 +87,7 @@ def export(
             task = progress.add_task("embedding", total=None)
             report = export_run(run, out, images=images, data=data, split=split, append=append, device=device,
                                 workers=workers, weights=weights, sets=set_ or (), batch_size=batch_size,
-                                precision=precision, faiss=faiss, nprobe=nprobe,
+                                precision=precision, faiss=faiss, nprobe=nprobe, compile=compile_ or None,
                                 on_total=lambda n: progress.update(task, total=n),
                                 progress=lambda n: progress.advance(task, n))
     finally:
@@ -108,6 +120,7 @@ def _render(report: Any) -> None:
     table.add_row("time", f"{report.seconds:.1f} s ({report.images_per_s:.1f} images/s)")
     table.add_row("image root", terminal_safe(report.image_root))
     table.add_row("model", terminal_safe(report.fingerprint))
+    table.add_row("precision", terminal_safe(f"{report.precision} ({report.precision_reason})"))
     if report.faiss:
         table.add_row("faiss", terminal_safe(f"{report.faiss['factory']} (nprobe {report.faiss['nprobe']})"))
     stdout.print(table)

@@ -24,10 +24,13 @@ class RunEvaluation:
     seconds: float
     sheet: Path | None = None
     shared_training_images: int = 0  # split images the run trained on (evaluated anyway with force)
+    precision: str = "fp32"  # what the embeddings ran at (``auto`` resolved)
+    precision_reason: str = "as asked"
 
     def to_json(self) -> dict[str, Any]:
         result, i2t = self.result, bool(self.result.i2t)
         return {"t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}), "split": self.split,
+                "precision": self.precision, "precision_reason": self.precision_reason,
                 "data": self.prepared.fingerprint, "skipped_images": result.info.get("skipped_images", 0),
                 "queries_without_match": result.info.get("queries_without_match", 0),
                 "unmatched": self.unmatched,
@@ -45,11 +48,12 @@ def evaluate_run(
     i2t: bool = False,
     sheet: str | Path | None = None,
     sheet_queries: int = 8,
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     force: bool = False,
+    compile: bool | None = None,
     on_total: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RunEvaluation:
@@ -57,10 +61,13 @@ def evaluate_run(
     the run's dataset) ``split`` (default: the run's eval.split). Every input, the sheet path
     included, is checked before anything is embedded; the result is appended to a run of ours'
     metrics.jsonl (never to an IRRA run's folder). A split that shares images with the run's
-    training split is refused (its figures would be inflated) unless ``force``."""
-    from personsearch.accel import check_precision, resolve_device
+    training split is refused (its figures would be inflated) unless ``force``. ``precision``:
+    fp32, bf16, fp16 (CUDA) or auto (what is fast on this machine; the result says which).
+    ``compile``: run the image encoder through ``torch.compile`` (default: the run's runtime.compile)."""
+    from personsearch.accel import resolve_device, resolve_precision
     from personsearch.data.prepared import PreparedDataset
     from personsearch.engine.evaluate import evaluate_split, sheet_rows  # looked up per call (tests replace it)
+    from personsearch.model.compiled import check_compile_support, compiled_image_encoder
     from personsearch.runs import append_metrics, load_trained
     from personsearch.sheet import check_sheet_path, check_sheet_target, render_contact_sheet
 
@@ -92,14 +99,19 @@ def evaluate_run(
             hint="evaluate on data the run did not train on, or pass --force to evaluate anyway",
         )
     torch_device = resolve_device(device)
-    check_precision(precision, torch_device)
+    chosen = resolve_precision(precision, torch_device)
+    precision = chosen.precision
+    compile = settings.runtime.compile if compile is None else compile
+    if compile:
+        check_compile_support(torch_device)
     model.clip.to(torch_device)
     queries = len(prepared.caption_tokens(split))
     if on_total is not None:
         on_total(queries + len(prepared.entries(split)))
     started = time.monotonic()
-    result = evaluate_split(model.clip, prepared, split, settings, device=torch_device, precision=precision,
-                            i2t=i2t, batch_size=batch_size, keep_similarity=sheet is not None, progress=progress)
+    with compiled_image_encoder(model.clip, torch_device, enabled=compile) as clip:
+        result = evaluate_split(clip, prepared, split, settings, device=torch_device, precision=precision,
+                                i2t=i2t, batch_size=batch_size, keep_similarity=sheet is not None, progress=progress)
     seconds = time.monotonic() - started
     record = {"eval": split, "data": prepared.fingerprint, "weights": model.weights.name,
               "precision": precision, "t2i": result.t2i, **({"i2t": result.i2t} if i2t else {}),
@@ -112,7 +124,7 @@ def evaluate_run(
         render_contact_sheet(rows, sheet, title=f"{model.source.name} on {prepared.name} {split}: "
                                                 f"R1 {result.t2i['R1']:.2f}")
     return RunEvaluation(result, model, prepared, split, settings.eval.unmatched, queries, seconds,
-                         Path(sheet) if sheet is not None else None, shared)
+                         Path(sheet) if sheet is not None else None, shared, precision, chosen.reason)
 
 
 def _shared_training_images(run: Path, prepared: Any, split: str) -> int:

@@ -16,14 +16,33 @@ from torch import Tensor, nn
 
 from personsearch.errors import InputError
 
-__all__ = ["Attention", "QuickGELU", "ResidualAttentionBlock", "Transformer", "average_rows"]
+__all__ = ["Attention", "QuickGELU", "ResidualAttentionBlock", "Transformer", "average_rows", "quick_gelu_mlp"]
+
+#: QuickGELU's slope: x * sigmoid(1.702 x).
+QUICK_GELU_SLOPE = 1.702
 
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_SLOPE * x)
+
+
+def quick_gelu_mlp(x: Tensor, c_fc: nn.Linear, c_proj: nn.Linear) -> Tensor:
+    """``c_proj(QuickGELU(c_fc(x)))`` with one elementwise kernel instead of three.
+
+    x * sigmoid(a x) = silu(a x) / a, and both scalings ride inside the matrix products (addmm's
+    alpha and beta), so the activation is a single fused ``silu`` forward and backward: the three
+    elementwise passes over the 4x-wide hidden layer (and their autograd) were up to a quarter of a
+    training step on the CPU. Equal to the plain formulation up to float rounding.
+    """
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    hidden = torch.addmm(c_fc.bias, flat, c_fc.weight.t(), beta=QUICK_GELU_SLOPE, alpha=QUICK_GELU_SLOPE)
+    hidden = F.silu(hidden, inplace=not torch.is_grad_enabled())
+    out = torch.addmm(c_proj.bias, hidden, c_proj.weight.t(), alpha=1.0 / QUICK_GELU_SLOPE)
+    return out.view(*shape[:-1], out.shape[-1])
 
 
 class Attention(nn.Module):
@@ -98,14 +117,14 @@ class ResidualAttentionBlock(nn.Module):
                 query_index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         attended, row = self.attn(self.ln_1(x), causal=causal, query_index=query_index)
         x = x + attended
-        x = x + self.mlp(self.ln_2(x))
+        x = x + quick_gelu_mlp(self.ln_2(x), self.mlp.c_fc, self.mlp.c_proj)
         return x, row
 
     def forward_one(self, x: Tensor, query_index: Tensor, causal: bool = False) -> Tensor:
         """This block's output [B, C] at ``query_index`` only."""
         rows = torch.arange(x.shape[0], device=x.device)
         y = x[rows, query_index] + self.attn.attend_one(self.ln_1(x), query_index, causal=causal)
-        return y + self.mlp(self.ln_2(y))
+        return y + quick_gelu_mlp(self.ln_2(y), self.mlp.c_fc, self.mlp.c_proj)
 
 
 class Transformer(nn.Module):

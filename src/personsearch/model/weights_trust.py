@@ -28,6 +28,7 @@ from typing import Any
 
 from personsearch.errors import InputError
 from personsearch.io import sha256_file
+from personsearch.io.cache import CACHE_ENV, cache_folder, read_cache_json, write_cache_json  # noqa: F401 (CACHE_ENV: public here)
 from personsearch.settings import SETTINGS_FILE
 
 __all__ = [
@@ -177,40 +178,23 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 _HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
-CACHE_ENV = "PERSONSEARCH_CACHE_DIR"
 #: Smaller files are hashed every time (well under a tenth of a second), never remembered on disk.
 CACHED_MIN_BYTES = 64 << 20
 _CACHE_FILE = "weights-sha256.json"
 _CACHE_VERSION = 1
 _CACHE_ENTRIES = 64
-_CACHE_MAX_BYTES = 1 << 20
 _STAT_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
 
 
 def hash_cache_file() -> Path | None:
     """The file that remembers hashes of large weights files between processes (None: turned off)."""
-    folder = os.environ.get(CACHE_ENV)
-    if folder is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "personsearch")
-    return Path(folder).expanduser() / _CACHE_FILE if folder else None
+    folder = cache_folder()
+    return folder / _CACHE_FILE if folder else None
 
 
 def _read_hash_cache(path: Path) -> dict[str, Any]:
-    """The remembered entries; {} when the file is missing, unreadable, damaged, too large, or could
-    have been written by someone else (not owned by this user, or writable by others)."""
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
-                return {}
-            raw = handle.read(_CACHE_MAX_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= _CACHE_MAX_BYTES else None
-    except (OSError, ValueError, RecursionError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("files"), dict):
-        return {}
-    return data["files"]
+    files = read_cache_json(path, _CACHE_VERSION).get("files")
+    return files if isinstance(files, dict) else {}
 
 
 def _remembered(path: Path, info: os.stat_result) -> str | None:
@@ -227,9 +211,6 @@ def _remembered(path: Path, info: os.stat_result) -> str | None:
 
 def _remember(path: Path, info: os.stat_result, digest: str) -> None:
     """Add one file's hash to the cache (best effort: a cache that cannot be written is skipped)."""
-    from personsearch.errors import PersonsearchError
-    from personsearch.io import atomic_write_json
-
     cache = hash_cache_file()
     if cache is None:
         return
@@ -237,12 +218,7 @@ def _remember(path: Path, info: os.stat_result, digest: str) -> None:
     files.pop(os.path.realpath(path), None)
     files[os.path.realpath(path)] = {**{field: getattr(info, field) for field in _STAT_FIELDS}, "sha256": digest}
     kept = dict(list(files.items())[-_CACHE_ENTRIES:])  # the newest entries (dicts keep insertion order)
-    try:
-        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_json(cache, {"version": _CACHE_VERSION, "files": kept})
-        os.chmod(cache, 0o600)  # only its owner may write it (a group-writable one is not trusted)
-    except (OSError, PersonsearchError):
-        pass
+    write_cache_json(cache, {"version": _CACHE_VERSION, "files": kept})
 
 
 def _stat_key(path: Path, stat: os.stat_result) -> tuple[str, int, int, int, int]:

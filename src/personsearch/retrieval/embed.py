@@ -33,16 +33,15 @@ def embed_texts(
     lengths = ids.argmax(dim=1)
     order = torch.argsort(lengths, stable=True)
     out: Tensor | None = None
-    for start in range(0, ids.shape[0], batch_size):
-        chunk = order[start:start + batch_size]
-        with autocast(precision, device):
-            feats = model.encode_text(ids[chunk].to(device, non_blocking=True))
-        feats = feats.float().cpu()
-        if out is None:
-            out = torch.empty(ids.shape[0], feats.shape[1])
-        out[chunk] = feats
-        if progress is not None:
-            progress(len(chunk))
+    with autocast(precision, device):  # one context: its weight casts are made once, not per batch
+        for start in range(0, ids.shape[0], batch_size):
+            chunk = order[start:start + batch_size]
+            feats = model.encode_text(ids[chunk].to(device, non_blocking=True)).float().cpu()
+            if out is None:
+                out = torch.empty(ids.shape[0], feats.shape[1])
+            out[chunk] = feats
+            if progress is not None:
+                progress(len(chunk))
     assert out is not None
     return out
 
@@ -58,12 +57,11 @@ def embed_images(
     """Global image features [N, D] for an iterable of image batches [B, 3, H, W] (``model.encode_image``)."""
     device = torch.device(device)
     parts: list[Tensor] = []
-    for images in batches:
-        with autocast(precision, device):
-            feats = model.encode_image(images.to(device, non_blocking=True))
-        parts.append(feats.float().cpu())
-        if progress is not None:
-            progress(images.shape[0])
+    with autocast(precision, device):  # one context: its weight casts are made once, not per batch
+        for images in batches:
+            parts.append(model.encode_image(images.to(device, non_blocking=True)).float().cpu())
+            if progress is not None:
+                progress(images.shape[0])
     if not parts:
         return torch.zeros(0, model.embed_dim)
     return torch.cat(parts)

@@ -14,6 +14,7 @@ each process embeds a share of the files and rank 0 commits the index (``export_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from personsearch.accel import check_precision
+from personsearch.accel import check_precision, resolve_precision
 from personsearch.data.images import (
     IMAGE_SUFFIXES,
     LINK_OUTSIDE,
@@ -36,6 +37,7 @@ from personsearch.data.images import (
 )
 from personsearch.errors import InputError
 from personsearch.io import RunLock, ensure_replaceable, ensure_writable
+from personsearch.model.compiled import check_compile_support, compiled_image_encoder
 from personsearch.retrieval.export_batches import Counts, EntryQueue, Progress, embed_batches
 from personsearch.retrieval.export_ranks import (
     first_shards,
@@ -107,6 +109,8 @@ class ExportReport:
     fingerprint: str
     faiss: dict[str, Any] | None = None
     shards: int = 0
+    precision: str = "fp32"  # what the embeddings ran at (``auto`` resolved)
+    precision_reason: str = "as asked"
 
     @property
     def images_per_s(self) -> float:
@@ -126,6 +130,8 @@ class ExportReport:
             "model_fingerprint": self.fingerprint,
             "shards": self.shards,
             "faiss": self.faiss,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
 
@@ -137,9 +143,10 @@ def export_images(
     split: str | None = None,
     append: bool = False,
     batch_size: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     device: torch.device | str = "cpu",
     workers: int = 0,
+    compile: bool | None = None,
     faiss: str | None = None,
     nprobe: int = 16,
     progress: Progress | None = None,
@@ -153,8 +160,11 @@ def export_images(
     as they are now (path, size, mtime) are embedded, into one new shard; an absent or empty
     ``out`` gets a new index. Writing to an existing index holds its lock from reading its header
     to committing the new one, so two writers never both add the same files. ``faiss``: a FAISS
-    factory string to build an approximate index afterwards. ``on_total`` receives the number of
-    files to embed before the first batch; ``progress`` the number finished after each batch.
+    factory string to build an approximate index afterwards. ``precision``: fp32, bf16, fp16 (CUDA) or
+    auto (what is fast on this machine; the report says which). ``compile``: run the image encoder
+    through ``torch.compile`` (``personsearch.model.compiled``; default: the model's runtime.compile).
+    ``on_total`` receives the number of files to embed before the first batch; ``progress`` the
+    number finished after each batch.
     """
     from personsearch.data.transforms import build_transform
 
@@ -169,8 +179,10 @@ def export_images(
     if world > 1 and append:
         raise InputError("export --append runs in one process", hint="append without --nproc (or torchrun); a "
                          "new index can be written by several processes")
-    check_precision(precision, device)
+    chosen = resolve_precision(precision, device)
+    precision = chosen.precision
     settings = model.settings
+    compile = settings.runtime.compile if compile is None else compile
     batch_size = batch_size or settings.index.batch_size
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
@@ -228,6 +240,7 @@ def export_images(
     together(lambda: locks.append(RunLock(out).acquire()) if existing_output else None, on=0)
     lock = locks[0] if locks else None
     was_training = clip.training
+    compiled = contextlib.ExitStack()
     try:
         existing: GalleryIndex | None = None
         if appending:
@@ -237,6 +250,7 @@ def export_images(
         if on_total is not None:
             on_total(len(files))
         clip.eval().to(device)
+        compiled.enter_context(compiled_image_encoder(clip, device, enabled=compile))
         batches = embed_batches(
             clip, files, entries, transform, queue, counts, batch_size, workers, device, precision, progress
         )
@@ -251,6 +265,7 @@ def export_images(
                 settings.index.shard_size, header_model, lambda: (counts.indexed, counts.skipped[listed:]))
             counts.skipped = counts.skipped[:listed] + more
     finally:
+        compiled.close()
         clip.train(was_training)
         if lock is not None:
             lock.release()
@@ -274,6 +289,8 @@ def export_images(
         fingerprint=model.fingerprint,
         faiss=faiss_entry,
         shards=len(index.header["shards"]),
+        precision=precision,
+        precision_reason=chosen.reason,
     )
     log.info(
         "exported %d images to %s in %.1f s (%d skipped)", report.indexed, out, seconds, len(report.skipped)
@@ -395,7 +412,7 @@ def export_run(
     the newest run), or plain CLIP ``weights`` for zero-shot search (any source ``load_clip``
     reads; ``sets`` may set model.image_size, model.stride, model.text_length), embeds ``images``
     (a folder) or ``data``'s ``split`` into the index ``out``. Every input, ``out`` included, is
-    checked before the model loads. ``options`` are ``export_images``' (batch_size, precision,
+    checked before the model loads. ``options`` are ``export_images``' (batch_size, precision, compile,
     faiss, nprobe, progress, on_total)."""
     from personsearch.accel import resolve_device
     from personsearch.runs import load_trained, load_weights
@@ -403,7 +420,9 @@ def export_run(
 
     check_export(run, out, images=images, data=data, split=split, append=append, weights=weights)
     torch_device = resolve_device(device)
-    check_precision(options.get("precision", "fp32"), torch_device)
+    check_precision(options.get("precision", "auto"), torch_device)
+    if options.get("compile"):
+        check_compile_support(torch_device)
     if weights is not None:
         wanted = resolve_settings(sets=sets).model
         model = load_weights(weights, wanted.image_size, wanted.stride, wanted.text_length)

@@ -270,6 +270,12 @@ class IndexSettings(Section):
 class RuntimeSettings(Section):
     device: DeviceName = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(
+        False,
+        description="eval and export: run the image encoder through torch.compile (inductor, freezing): ~1.2x "
+        "faster on the CPU after a one-time compile of ~15-40 s, cached in the user's cache folder; needs a C++ "
+        "compiler on the CPU. Training is not compiled (no gain measured on the CPU)",
+    )
     seed: Annotated[WholeNumber, Field(ge=0, le=SEED_MAX)] = 0
     output_dir: PathText = Field("runs", description="parent folder of run folders")
 
