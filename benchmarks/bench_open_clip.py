@@ -280,6 +280,30 @@ def machine_summary(device: torch.device, gemm: dict[str, float]) -> str:
             f"(bf16 GEMM {ratio:.2f}x fp32 here)")
 
 
+def compiled_image_row(rows: list[dict], ours: nn.Module, reference: nn.Module | None, images: list[Tensor],
+                       device: torch.device, shape: Shape, batch: int) -> None:
+    """Our image encoder as ``export --compile`` runs it (fp32), beside open_clip's plain one."""
+    from personsearch.model.compiled import compiled_image_encoder
+
+    with compiled_image_encoder(ours, device) as compiled:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled.encode_image(images[0])  # the one-time compile (or a cache hit)
+        sync(device)
+        compile_seconds = time.perf_counter() - start
+        runs = {"ours": compiled.encode_image}
+        if reference is not None:
+            runs["open_clip"] = reference.encode_image
+        timed = time_interleaved(runs, images, images[0], device)
+    note = f"first call (compile or cache hit) {compile_seconds:.0f} s"
+    if "open_clip" in timed:
+        note += f"; cosine ours vs open_clip {cosine(timed['ours'].output, timed['open_clip'].output)}; open_clip eager"
+    rows.append({"figure": f"image embedding {shape.label}, batch {batch}, fp32, ours --compile", "unit": "img/s",
+                 "ours": timed["ours"].rate, "reference": timed["open_clip"].rate if "open_clip" in timed else None,
+                 "higher_is_better": True, "goal": "-", "note": note})
+    print(f"  measured {rows[-1]['figure']}", file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------------------- main
 
 
@@ -296,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto", help="auto (bf16 too where it is hardware), fp32, fp32,bf16")
     parser.add_argument("--skip", choices=["image", "text"], action="append", default=[])
     parser.add_argument("--json", action="store_true", help="print only a JSON list of result rows (run_all.py)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our image encoder under --compile (torch.compile, freezing), fp32")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a tiny CLIP: the tests
     args = parser.parse_args(argv)
     for name in ("image_batch", "image_batches", "text_batch", "text_batches", "captions"):
@@ -381,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             {"fp32": ">= 1.05x open_clip", "bf16": ">= 1.4x open_clip (CPU with bf16 arithmetic)"},
             images, images[0], lambda precision: dict(image_runs),
         )
+
+        if args.compile and "fp32" in chosen:
+            compiled_image_row(rows, ours, reference, images, device, shape, args.image_batch)
 
     lengths = caption_lengths(args.captions, torch.Generator().manual_seed(1))
     if "text" not in args.skip:

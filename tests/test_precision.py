@@ -126,9 +126,13 @@ def test_auto_on_cuda_prefers_bf16(monkeypatch):
     assert accel.resolve_precision("auto", cuda).precision == "fp16"
 
 
-def test_autocast_refuses_an_unresolved_auto():
-    with pytest.raises(ValueError, match="resolve"), accel.autocast("auto", CPU):
-        pass
+def test_autocast_resolves_auto(monkeypatch, fresh_cache, bf16_cpu):
+    _probe(monkeypatch, bf16_cpu, 200.0, 890.0)
+    with accel.autocast("auto", CPU):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(accel, "cpu_flags", lambda: frozenset())
+    with accel.autocast("auto", CPU):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_eval_and_export_say_which_precision_they_used(trained_run, prepared_tiny, tmp_path):
@@ -151,3 +155,7 @@ def test_eval_and_export_say_which_precision_they_used(trained_run, prepared_tin
     assert report["precision"] == "fp32" and report["precision_reason"].startswith("auto")
     header = json.loads((out / "header.json").read_text())
     assert header["model"]["precision"] == "fp32"  # the index records what was used, never "auto"
+
+    result = runner.invoke(app, ["query", "a woman in a red coat", "--index", str(out), "--precision", "auto",
+                                 "--json", "-k", "2"])
+    assert result.exit_code == 0, result.output

@@ -186,12 +186,13 @@ def _measure_matmul(rows: int = 1536, width: int = 768, hidden: int = 3072, repe
 
 @contextlib.contextmanager
 def autocast(precision: str, device: torch.device) -> Iterator[None]:
-    """Mixed precision for the forward pass; fp32 is a plain no-op context."""
+    """Mixed precision for the forward pass; fp32 is a plain no-op context, ``auto`` what
+    ``resolve_precision`` picks."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device).precision
     if precision == "fp32":
         yield
         return
-    if precision == "auto":
-        raise ValueError("resolve 'auto' with resolve_precision() before entering autocast")
     check_precision(precision, device)
     with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
         yield

@@ -49,7 +49,7 @@ def query(
         "--check-recall", help="Report the FAISS recall@k against exact search for these queries.")] = False,
     verify: Annotated[bool, Option(
         "--verify/--no-verify", help="Check the index's sha256 (row tables; all files of a small index).")] = True,
-    precision: Annotated[str, Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    precision: Annotated[str, Option("--precision", help="fp32, bf16, fp16 (CUDA) or auto.")] = "fp32",
     device: Annotated[str, Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     json_: JsonOption = False,
 ) -> None:

@@ -28,7 +28,7 @@ def serve(
     = "127.0.0.1",
     port: Annotated[int, Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")] = 8000,
     device: Annotated[str, Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
-    precision: Annotated[str, Option("--precision", help="fp32, bf16 or fp16 (CUDA).")] = "fp32",
+    precision: Annotated[str, Option("--precision", help="fp32, bf16, fp16 (CUDA) or auto.")] = "fp32",
     workers: Annotated[int, Option(
         "--workers", min=1, max=64, help="Server processes, each with its own copy of the model.")] = 1,
     faiss: Annotated[bool, Option("--faiss", help="Search the index's approximate FAISS index.")] = False,
