@@ -41,7 +41,7 @@ BENCHMARKS = (
     Benchmark("metrics", "bench_metrics.py", ("--repeat", "1", "--skip-icfg")),
     Benchmark("masking", "bench_masking.py", ("--repeats", "5")),
     Benchmark("irra_forward", "bench_irra_forward.py", ("--repeats", "1")),
-    Benchmark("train_step", "bench_train_step.py", ("--steps", "1")),
+    Benchmark("train_step", "bench_train_step.py", ("--steps", "3")),
     Benchmark("search", "bench_search.py", ("--repeats", "5")),
     Benchmark("export", "bench_export.py", ()),
     Benchmark("query_cli", "bench_query_cli.py", ()),
@@ -75,6 +75,19 @@ def load_average() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def auto_precision() -> str:
+    """What ``--precision auto`` picks here, and why (bf16 speed measured where the CPU has it)."""
+    import torch
+
+    from personsearch.accel import resolve_precision
+
+    return str(resolve_precision("auto", torch.device("cpu")))
+
+
+def bf16_slower_here() -> bool:
+    return auto_precision().startswith("fp32")
+
+
 def machine_header() -> str:
     import torch
 
@@ -85,6 +98,7 @@ def machine_header() -> str:
     return (
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, widest SIMD {simd}, bf16 instructions: "
         f"{', '.join(bf16)}\n"
+        f"- `--precision auto` on this CPU: {auto_precision()}\n"
         f"- torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}, "
         f"GPU: {cuda}\n"
         f"- load average at start (1, 5, 15 min): {load_average()}"
@@ -137,10 +151,12 @@ def speedup(row: dict) -> str:
     return f"{ratio:.2f}x"
 
 
-def machine_note(row: dict, bf16_hardware: bool) -> str:
+def machine_note(row: dict, bf16_hardware: bool, bf16_slow: bool = False) -> str:
     parts = []
     if "bf16" in row.get("figure", "") and not bf16_hardware:
         parts.append("no bf16 hardware here (AVX2): bf16 slower than fp32")
+    elif "bf16" in row.get("figure", "") and bf16_slow:
+        parts.append("bf16 matrix products slower than fp32 on this CPU")
     if row.get("note"):
         parts.append(str(row["note"]))
     parts.append(f"load {row['load']:.1f}")
@@ -149,6 +165,7 @@ def machine_note(row: dict, bf16_hardware: bool) -> str:
 
 def table(rows: list[dict]) -> str:
     bf16_hardware = any("bf16" in f for f in cpu_flags())
+    bf16_slow = bf16_hardware and bf16_slower_here()
     lines = ["| figure | ours | reference | speed-up | goal | machine note |", "|---|---:|---:|---:|---|---|"]
     for row in rows:
         if "error" in row:
@@ -157,7 +174,7 @@ def table(rows: list[dict]) -> str:
         unit = row.get("unit", "")
         lines.append(
             f"| {row['figure']} | {fmt(row.get('ours'), unit)} | {fmt(row.get('reference'), unit)} | "
-            f"{speedup(row)} | {row.get('goal', '-')} | {machine_note(row, bf16_hardware)} |"
+            f"{speedup(row)} | {row.get('goal', '-')} | {machine_note(row, bf16_hardware, bf16_slow)} |"
         )
     return "\n".join(lines)
 
