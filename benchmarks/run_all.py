@@ -37,7 +37,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("tokenizer", "bench_tokenizer.py", ("--captions", "20000")),
     Benchmark("embed", "bench_embed.py", ("--image-batches", "1", "--text-batches", "1")),
-    Benchmark("open_clip", "bench_open_clip.py", ("--image-batches", "2", "--text-batches", "1")),
+    Benchmark("open_clip", "bench_open_clip.py", ("--image-batches", "3", "--text-batches", "2")),
     Benchmark("metrics", "bench_metrics.py", ("--repeat", "1", "--skip-icfg")),
     Benchmark("masking", "bench_masking.py", ("--repeats", "5")),
     Benchmark("irra_forward", "bench_irra_forward.py", ("--repeats", "1")),

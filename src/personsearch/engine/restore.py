@@ -22,7 +22,7 @@ log = logging.getLogger("personsearch.engine.train")  # the trainer's name in lo
 #: would make the saved weights, optimizer or data order mean something else.
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_steps", "train.max_minutes", "train.log_period", "train.eval_period",
-    "eval.", "index.", "runtime.device", "runtime.precision", "runtime.output_dir", "data.workers",
+    "eval.", "index.", "runtime.device", "runtime.precision", "runtime.compile", "runtime.output_dir", "data.workers",
     "data.skip_corrupt", "data.root",
 )
 
