@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from personsearch.accel import cpu_bf16_instructions
 from personsearch.engine.optim import build_optimizer
 from personsearch.losses import id_loss, sdm_loss
 from personsearch.model import irra as irra_module
@@ -308,15 +309,6 @@ def build_model(settings: Settings, num_classes: int, device: torch.device) -> I
     return model.to(device).train()
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def machine_line(device: torch.device) -> str:
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -348,8 +340,8 @@ def main() -> None:
     device = torch.device(args.device)
     bf16_skipped = False
     if args.precision == "auto":
-        bf16_skipped = not (device.type == "cuda" or cpu_has_bf16())
-        args.precision = "fp32,bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+        bf16_skipped = not (device.type == "cuda" or cpu_bf16_instructions())
+        args.precision = "fp32,bf16" if device.type == "cuda" or cpu_bf16_instructions() else "fp32"
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
         parser.error(f"--precision takes fp32, bf16 or fp32,bf16, got {args.precision!r}")

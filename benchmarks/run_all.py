@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from personsearch.accel import cpu_flags, cpu_model
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -49,26 +51,6 @@ BENCHMARKS = (
     Benchmark("index_scale", "bench_index_scale.py", ("--sizes", "10000,100000", "--repeats", "3")),
     Benchmark("serve", "bench_serve.py", ("--queries", "30", "--cli-repeats", "2")),
 )
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

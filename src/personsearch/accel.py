@@ -110,7 +110,8 @@ def cpu_bf16_instructions() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (the platform's processor string where /proc/cpuinfo does not exist)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -143,14 +144,14 @@ def remember_matmul_rates(fp32: float, bf16: float) -> None:
     machines = _probe_entries()
     key = _probe_key()
     machines.pop(key, None)
-    machines[key] = {"fp32": fp32, "bf16": bf16, "cpu": _cpu_model(), "torch": torch.__version__,
+    machines[key] = {"fp32": fp32, "bf16": bf16, "cpu": cpu_model(), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
     write_cache_json(folder / _PROBE_FILE, {"version": _PROBE_VERSION,
                                             "machines": dict(list(machines.items())[-_PROBE_ENTRIES:])})
 
 
 def _probe_key() -> str:
-    identity = "|".join([_cpu_model(), ",".join(sorted(cpu_flags())), torch.__version__,
+    identity = "|".join([cpu_model(), ",".join(sorted(cpu_flags())), torch.__version__,
                          str(torch.get_num_threads())])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
