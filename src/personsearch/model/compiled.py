@@ -2,9 +2,10 @@
 
 Only the image encoder, only for inference, and with inductor's freezing: the weights become
 constants, so oneDNN gets them prepacked and the elementwise work between matrix products is
-fused. On a 2-core AVX-512 CPU that made a ViT-B/16 at 384x128 ~1.2x faster in fp32; the text
-encoder gained nothing worth a compile per caption length, and a training step gained nothing on
-the CPU (both measured, see benchmarks/README.md). Compiling costs ~15-40 s per image size and
+fused. On a 2-core AVX-512 CPU that made a ViT-B/16 at 384x128 1.1-1.2x faster in fp32. The text
+encoder stays eager: its length-sorted batches come in many lengths, each of which would be a new
+compile. A training step gained nothing on the CPU (measured: benchmarks/open_clip_profile.md).
+Compiling costs ~15-40 s per image size and
 batch size on first use; inductor's cache in the user's cache folder makes later runs pay a
 fraction of it. Every batch runs at one compiled size (a short last batch is padded), and a
 compilation that fails falls back to the plain encoder with a warning, never failing the run.
