@@ -5,10 +5,10 @@ constants, so oneDNN gets them prepacked and the elementwise work between matrix
 fused. On a 2-core AVX-512 CPU that made a ViT-B/16 at 384x128 1.1-1.2x faster in fp32. The text
 encoder stays eager: its length-sorted batches come in many lengths, each of which would be a new
 compile. A training step gained nothing on the CPU (measured: benchmarks/open_clip_profile.md).
-Compiling costs ~15-40 s per image size and
-batch size on first use; inductor's cache in the user's cache folder makes later runs pay a
-fraction of it. Every batch runs at one compiled size (a short last batch is padded), and a
-compilation that fails falls back to the plain encoder with a warning, never failing the run.
+Compiling costs ~15-40 s per image size and batch size on first use; inductor's cache in the
+user's cache folder makes later runs pay a fraction of it. Every batch runs at one compiled size
+(a short last batch is padded), and a compilation that fails falls back to the plain encoder with
+a warning, never failing the run.
 """
 
 from __future__ import annotations
