@@ -11,6 +11,7 @@ second) is remembered in the user's cache folder per CPU model, torch version an
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import platform
 import time
@@ -91,6 +92,7 @@ def resolve_precision(precision: str, device: torch.device) -> PrecisionChoice:
     return PrecisionChoice(chosen, f"auto: bf16 matrix products run at {speedup:.2f}x fp32 on this CPU")
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (empty where /proc/cpuinfo does not exist)."""
     try:
@@ -110,6 +112,7 @@ def cpu_bf16_instructions() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (the platform's processor string where /proc/cpuinfo does not exist)."""
     try:

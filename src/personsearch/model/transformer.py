@@ -56,39 +56,43 @@ class _QuickGELUMLP(torch.autograd.Function):
     out = s W2ᵀ / a + b2, let P = silu_backward(G W2, h) for the output gradient G. Then
     dx = P W1, dW1 = Pᵀ x, db1 = ΣP, dW2 = Gᵀ s / a, db2 = ΣG: the slope a cancels everywhere but on
     the small dW2, where autograd of addmm's alpha and beta would scale two hidden-sized tensors.
-    Autocast, if on in the forward, is on in the backward too."""
+    Under autocast the inputs are cast once here, as autocast would, and saved cast: the backward
+    needs no autocast and casts nothing again."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:  # type: ignore[override]
-        hidden = torch.addmm(b1, x, w1.t(), beta=QUICK_GELU_SLOPE, alpha=QUICK_GELU_SLOPE)
-        activated = F.silu(hidden)
-        out = torch.addmm(b2, activated, w2.t(), alpha=1.0 / QUICK_GELU_SLOPE)
-        ctx.save_for_backward(x, w1, w2, hidden, activated)
         device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, w1, b1, w2, b2 = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, w1, b1, w2, b2))
+        with torch.autocast(device, enabled=False):
+            hidden = torch.addmm(b1, x, w1.t(), beta=QUICK_GELU_SLOPE, alpha=QUICK_GELU_SLOPE)
+            activated = F.silu(hidden)
+            out = torch.addmm(b2, activated, w2.t(), alpha=1.0 / QUICK_GELU_SLOPE)
+        ctx.save_for_backward(x, w1, w2, hidden, activated)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, w1, w2, hidden, activated = ctx.saved_tensors
-        device, enabled, dtype = ctx.autocast
+        grad = grad.to(hidden.dtype)
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         dx = dw1 = db1 = dw2 = db2 = None
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
-            if need_x or need_w1 or need_b1:
-                pre = torch.ops.aten.silu_backward(grad.mm(w2).to(hidden.dtype), hidden)
-                if need_x:
-                    dx = pre.mm(w1)
-                if need_w1:
-                    dw1 = pre.t().mm(x)
-                if need_b1:
-                    db1 = pre.sum(0, dtype=torch.promote_types(pre.dtype, torch.float32))
-            if need_w2:
-                dw2 = grad.t().mm(activated).mul_(1.0 / QUICK_GELU_SLOPE)
-            if need_b2:
-                db2 = grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
-        return dx, dw1, db1, dw2, db2
+        sum_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        if need_x or need_w1 or need_b1:
+            pre = torch.ops.aten.silu_backward(grad.mm(w2), hidden)
+            if need_x:
+                dx = pre.mm(w1)
+            if need_w1:
+                dw1 = pre.t().mm(x)
+            if need_b1:
+                db1 = pre.sum(0, dtype=sum_dtype)
+        if need_w2:
+            dw2 = grad.t().mm(activated).mul_(1.0 / QUICK_GELU_SLOPE)
+        if need_b2:
+            db2 = grad.sum(0, dtype=sum_dtype)
+        return dx, dw1, db1, dw2, db2  # autograd casts each to its input's dtype
 
 
 class Attention(nn.Module):

@@ -179,7 +179,7 @@ def export_images(
     if world > 1 and append:
         raise InputError("export --append runs in one process", hint="append without --nproc (or torchrun); a "
                          "new index can be written by several processes")
-    chosen = resolve_precision(precision, device)
+    chosen = together(lambda: resolve_precision(precision, device), on=0)  # one precision for every rank
     precision = chosen.precision
     settings = model.settings
     compile = settings.runtime.compile if compile is None else compile

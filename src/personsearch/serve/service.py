@@ -295,7 +295,10 @@ def open_service(index: str | Path | None = None, run: str | Path | None = None,
     if on_stage is not None:
         on_stage("loading the model")
     model = model_for_index(gallery, run, weights)
-    return SearchService(model, gallery, torch_device, precision, backend, nprobe)
+    from personsearch.accel import resolve_precision
+
+    chosen = resolve_precision(precision, torch_device).precision  # once, not per request
+    return SearchService(model, gallery, torch_device, chosen, backend, nprobe)
 
 
 __all__ = ["MAX_K", "MAX_QUERY_CHARS", "SearchService", "Unavailable", "UnknownRow", "check_k", "check_text",
