@@ -111,3 +111,25 @@ def test_a_compiled_export_matches_the_plain_one(trained_run, prepared_tiny, tmp
     assert [e.path for e in plain.entries()] == [e.path for e in fast.entries()]
     vectors = {key: np.concatenate([chunk for _, chunk in index.iter_embeddings()]) for key, index in indexes.items()}
     np.testing.assert_allclose(vectors[True], vectors[False], rtol=0, atol=2e-3)  # stored as float16
+
+
+def test_compiled_kernels_are_kept_only_in_a_private_folder(monkeypatch, tmp_path, tiny_arch):
+    """Inductor's cache holds code that is loaded: a folder others may write to is not used."""
+    from personsearch.io.cache import CACHE_ENV
+    from personsearch.model import build_clip
+
+    monkeypatch.setattr(compiled.torch, "compile", Recorder())
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    clip = build_clip(tiny_arch, image_size=TINY_IMAGE_SIZE, stride=8)
+    with compiled_image_encoder(clip, CPU):
+        assert compiled.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    assert (tmp_path / "cache" / "inductor").stat().st_mode & 0o077 == 0
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    shared = tmp_path / "shared"
+    (shared / "inductor").mkdir(parents=True)
+    (shared / "inductor").chmod(0o777)
+    monkeypatch.setenv(CACHE_ENV, str(shared))
+    with compiled_image_encoder(clip, CPU):
+        assert "TORCHINDUCTOR_CACHE_DIR" not in compiled.os.environ

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,12 +32,23 @@ log = logging.getLogger(__name__)
 
 
 def _use_user_cache() -> None:
-    """Keep inductor's compiled kernels in the user's cache folder (it defaults to /tmp)."""
+    """Keep inductor's compiled kernels in the user's cache folder (it defaults to /tmp). Those
+    kernels are loaded as code, so a folder someone else owns or may write to is not used."""
     from personsearch.io.cache import cache_folder
 
     folder = cache_folder()
-    if folder is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
+    if folder is None or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    kernels = folder / "inductor"
+    try:
+        kernels.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(kernels)
+    except OSError:
+        return
+    if not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        log.warning("not keeping compiled kernels in %s: it is not a private folder of this user", kernels)
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(kernels)
 
 
 def check_compile_support(device: torch.device) -> None:
