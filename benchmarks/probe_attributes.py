@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from personsearch.model import build_clip
 
-TARGETS = ("upper_type", "bag")
+TARGETS = ["upper_type", "bag", "gender", "lower_type"]  # --targets replaces it
 
 
 def load_split(raw: Path, split: str, size: tuple[int, int], attributes: dict, classes: dict):
@@ -83,7 +83,11 @@ def main() -> None:
     parser.add_argument("--model", choices=["vit", "cnn"], default="vit")
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--size", type=int, nargs=2, default=(96, 32), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), help="attributes to classify")
+    parser.add_argument("--every", type=int, default=500,
+                        help="test accuracy every this many steps (0: only at the end)")
     args = parser.parse_args()
+    TARGETS[:] = args.targets
     raw = args.prepared / "raw"
     attributes = json.loads((raw / "attributes.json").read_text())
     classes = {k: sorted({a[k] for a in attributes.values()}) for k in TARGETS}
@@ -95,7 +99,14 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     generator = torch.Generator().manual_seed(0)
     started, steps = time.monotonic(), 0
+    curve = []
     while time.monotonic() - started < args.seconds:
+        if args.every and steps % args.every == 0:  # the learning curve on test identities (counts in --seconds)
+            model.eval()
+            with torch.no_grad():
+                out = model(test_x)
+                curve.append((steps, {k: (out[k].argmax(1) == test_y[k]).float().mean().item() for k in TARGETS}))
+            model.train()
         rows = torch.randint(0, len(train_x), (64,), generator=generator)
         batch = train_x[rows].flip(-1) if steps % 2 else train_x[rows]
         out = model(batch)
@@ -105,6 +116,8 @@ def main() -> None:
         optimizer.step()
         steps += 1
     model.eval()
+    for step, accuracy in curve:
+        print(f"  step {step}: test " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
     print(f"{args.model} at {size[0]}x{size[1]}, {steps} steps of 64 in {args.seconds:.0f} s, "
           f"{len(train_x)} train / {len(test_x)} test images")
     with torch.no_grad():

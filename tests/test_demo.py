@@ -51,6 +51,8 @@ def test_short_demo_runs_every_stage(tmp_path):
     assert named == summary["named_attributes"] and {"gender", "upper_type", "upper_color"} <= named.keys()
     assert any(matches(named, attributes.get(entry.path)) for entry in prepared.entries("test"))
     assert isinstance(summary["matching_hits"], int) and 0 <= summary["matching_hits"] <= 10
+    holders = sum(matches(named, attributes.get(entry.path)) for entry in prepared.entries("test"))
+    assert summary["gallery_holders"] == holders  # the most the top 10 could match
     for text in summary["suggestions"]:  # the next queries it suggests have right answers too
         assert any(matches(parse_query(text), attributes.get(entry.path)) for entry in prepared.entries("test"))
 
@@ -73,7 +75,7 @@ def test_the_demo_says_when_the_time_budget_cut_training_short(tmp_path, capsys)
     result = DemoResult(tmp_path, tmp_path / "data", [run], tmp_path / "run" / "index", tmp_path / "query.png",
                         "a woman in a red coat",
                         [{"rank": r, "score": 0.5, "path": f"imgs/{r}.jpg", "pid": r} for r in range(1, 11)], 520.0,
-                        matching=4,
+                        matching=4, holders=7,
                         named={"gender": "female", "upper_color": "red", "upper_type": "coat"},
                         suggestions=["a man in a blue jacket"])
     _render(result)
@@ -81,4 +83,5 @@ def test_the_demo_says_when_the_time_budget_cut_training_short(tmp_path, capsys)
     text = " ".join((shown.out + shown.err).split())
     assert "the time budget stopped training" in text and "after 6 of its epochs" in text
     assert "4 of 10 hits match every attribute the query names (gender female, upper_color red" in text
+    assert "the test gallery holds 7 such images" in text
     assert 'personsearch query "a man in a blue jacket"' in text

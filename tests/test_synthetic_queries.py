@@ -340,7 +340,7 @@ def captured(monkeypatch):
 
 @pytest.mark.parametrize("inside", ["", "imgs", "imgs/synthetic"])
 def test_query_sheet_marks_hits_by_the_attributes_named(synthetic_raw, tmp_path, captured, inside):
-    from personsearch.retrieval.query import attribute_matches, describe_matches, render_query_sheet
+    from personsearch.retrieval.query import attribute_matches, describe_matches, gallery_holders, render_query_sheet
     from personsearch.sheet import MATCH, MISMATCH
 
     attributes = load_attributes(synthetic_raw)
@@ -360,6 +360,11 @@ def test_query_sheet_marks_hits_by_the_attributes_named(synthetic_raw, tmp_path,
     assert attribute_matches(index, results[0]) == expected
     assert f"{sum(expected)} of {len(expected)} match every attribute named" in marked.caption
     assert describe_matches(expected) in marked.caption
+    # The caption says how many gallery images could have matched: the most the top k can show.
+    holders = sum(matches(named, attributes[prefix + path]) for path in paths)
+    assert holders >= 1 and gallery_holders(index, text) == holders
+    assert f"(the gallery holds {holders} such image" in marked.caption
+    assert gallery_holders(index, "qwzx blorf") is None
     assert marked.caption.startswith(text)
     assert all(tile.frame is None for tile in unmarked.tiles)  # names no attribute: nothing to mark
     assert "names no attribute" in unmarked.caption

@@ -65,6 +65,7 @@ class DemoResult:
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     matching: int | None = None  # hits among the top 10 with every attribute the query names
+    holders: int | None = None  # test gallery images with every attribute the query names
     named: dict[str, str] = field(default_factory=dict)  # the attributes the query names
     suggestions: list[str] = field(default_factory=list)  # more queries the test gallery can answer
 
@@ -74,7 +75,8 @@ class DemoResult:
             "run": str(main.run), "index": str(self.index) if self.index else None,
             "sheet": str(self.sheet) if self.sheet else None, "data": str(self.data),
             "metrics": main.metrics, "seconds": round(self.seconds, 1), "query": self.query,
-            "stopped": main.stopped, "matching_hits": self.matching, "named_attributes": self.named,
+            "stopped": main.stopped, "matching_hits": self.matching, "gallery_holders": self.holders,
+            "named_attributes": self.named,
             "suggestions": self.suggestions,
         }
         if len(self.runs) > 1:
@@ -142,7 +144,7 @@ def run_demo(
     from personsearch.data.synthetic import parse_query
     from personsearch.io import RunLock
     from personsearch.retrieval.export import export_images
-    from personsearch.retrieval.query import attribute_matches, render_query_sheet, search_text
+    from personsearch.retrieval.query import attribute_matches, gallery_holders, render_query_sheet, search_text
     from personsearch.runs import INDEX_DIR, load_trained
 
     hooks = hooks or DemoHooks()
@@ -202,9 +204,10 @@ def run_demo(
         render_query_sheet(gallery, results, sheet)
         top = [{"rank": hit.rank, "score": hit.score, "path": hit.path, "pid": hit.pid} for hit in results[0].results]
         flags = attribute_matches(gallery, results[0])
+        holders = gallery_holders(gallery, query)
     more = [text for text in gallery_queries(prepared, seed + 1, 3) if text != query][:2]
     return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started,
-                      sum(flags) if flags is not None else None, parse_query(query), more)
+                      sum(flags) if flags is not None else None, holders, parse_query(query), more)
 
 
 def demo_query(prepared: Any, seed: int = 0) -> str:

@@ -89,8 +89,9 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
     stdout.print(hits)
     if result.matching is not None:
         named = ", ".join(f"{name} {value}" for name, value in result.named.items())
-        stdout.print(f"{result.matching} of {len(result.top)} hits match every attribute the query names ({named}); "
-                     f"the sheet {result.sheet} frames them green", markup=False)
+        held = "" if result.holders is None else f"; the test gallery holds {result.holders} such images"
+        stdout.print(f"{result.matching} of {len(result.top)} hits match every attribute the query names "
+                     f"({named}{held}); the sheet {result.sheet} frames them green", markup=False)
     run = result.runs[-1].run
     # Paths are shown as written (markup=False): a folder named "x[1]" keeps its "[1]" in the commands.
     stdout.print(Text.assemble("\nEverything is under ", (str(result.out), "bold"),

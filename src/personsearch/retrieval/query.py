@@ -27,6 +27,7 @@ from personsearch.retrieval.query_sheet import (
     attribute_matches,
     describe_matches,
     gallery_attributes,
+    gallery_holders,
     image_file,
     render_query_sheet,
 )
@@ -390,6 +391,7 @@ __all__ = [
     "encode_queries",
     "find_index",
     "gallery_attributes",
+    "gallery_holders",
     "image_file",
     "model_for_index",
     "rank_results",

@@ -50,9 +50,31 @@ def attribute_matches(
     return [matches(named, attributes.get(hit.path)) for hit in result.results]
 
 
-def describe_matches(flags: Sequence[bool]) -> str:
-    """The words "k of N match every attribute named" for the flags of ``attribute_matches``."""
-    return f"{sum(flags)} of {len(flags)} match every attribute named"
+def gallery_holders(
+    index: GalleryIndex, query: str, attributes: Mapping[str, Mapping[str, str]] | None = None
+) -> int | None:
+    """How many gallery images have every attribute ``query`` names: the most the top k can
+    match, so "2 of 10" reads as a failure only when the gallery holds more than 2. None where
+    ``attribute_matches`` gives None."""
+    from personsearch.data.synthetic.queries import matches, parse_query
+
+    named = parse_query(query)
+    if not named:
+        return None
+    if attributes is None:
+        attributes = gallery_attributes(index)
+        if attributes is None:
+            return None
+    return sum(matches(named, attributes.get(entry.path)) for entry in index.entries())
+
+
+def describe_matches(flags: Sequence[bool], holders: int | None = None) -> str:
+    """The words "k of N match every attribute named" for the flags of ``attribute_matches``,
+    with how many the whole gallery holds when ``holders`` is given."""
+    text = f"{sum(flags)} of {len(flags)} match every attribute named"
+    if holders is not None:
+        text += f" (the gallery holds {holders} such image{'' if holders == 1 else 's'})"
+    return text
 
 
 def render_query_sheet(
@@ -86,7 +108,8 @@ def render_query_sheet(
         if flags is not None:
             frames = [MATCH if flag else MISMATCH for flag in flags]
             named = ", ".join(f"{name} {value}" for name, value in parse_query(result.query).items())
-            caption += f"\n{describe_matches(flags)} ({named})"
+            holders = gallery_holders(index, result.query, attributes)
+            caption += f"\n{describe_matches(flags, holders)}: {named}"
         elif attributes is not None:
             caption += "\nnames no attribute of the synthetic set: hits not marked"
         tiles = [
