@@ -85,3 +85,19 @@ def test_the_demo_says_when_the_time_budget_cut_training_short(tmp_path, capsys)
     assert "4 of 10 hits match every attribute the query names (gender female, upper_color red" in text
     assert "the test gallery holds 7 such images" in text
     assert 'personsearch query "a man in a blue jacket"' in text
+
+
+def test_the_demo_data_is_reused_until_the_drawing_changes(tmp_path):
+    import json as json_module
+
+    from personsearch.demo import prepare_demo_data
+
+    data = prepare_demo_data(tmp_path, ids=8, seed=3, workers=1)
+    raw = data / "raw" / "reid_raw.json"
+    first = raw.stat().st_mtime_ns
+    assert prepare_demo_data(tmp_path, ids=8, seed=3, workers=1) == data and raw.stat().st_mtime_ns == first
+    marker = data / "demo-data.json"
+    record = json_module.loads(marker.read_text())
+    marker.write_text(json_module.dumps({**record, "drawing": record["drawing"] - 1}))  # drawn by an older version
+    prepare_demo_data(tmp_path, ids=8, seed=3, workers=1)
+    assert raw.stat().st_mtime_ns != first and json_module.loads(marker.read_text()) == record

@@ -520,3 +520,50 @@ def test_eval_header_and_sheet_title_name_the_synthetic_set(query_run, tmp_path,
     assert SYNTHETIC_LABEL in " ".join(result.stdout.split())
     (call,) = captured
     assert f"on {SYNTHETIC_LABEL} test" in call["title"]
+
+
+def test_queries_can_ask_for_combinations_many_gallery_images_hold(synthetic_raw, test_paths):
+    attributes = load_attributes(synthetic_raw)
+    gallery = [attributes[path] for path in test_paths]
+    everything = queries_from_gallery(attributes, test_paths, count=500, seed=0)
+    held = {text: sum(matches(named, attrs) for attrs in gallery) for text, named in everything}
+    assert queries_from_gallery(attributes, test_paths, count=500, seed=0, min_holders=1) == everything
+    for least in (2, 3, max(held.values())):
+        some = queries_from_gallery(attributes, test_paths, count=500, seed=0, min_holders=least)
+        assert sorted(text for text, _ in some) == sorted(text for text, count in held.items() if count >= least)
+    assert queries_from_gallery(attributes, test_paths, count=5, seed=0, min_holders=max(held.values()) + 1) == []
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="min_holders"):
+            queries_from_gallery(attributes, test_paths, count=1, seed=0, min_holders=bad)
+
+
+def _fake_gallery(tmp_path, people):
+    """A prepared-dataset stand-in whose test split is ``people``: (count, attributes) pairs."""
+    from types import SimpleNamespace
+
+    base = {"hair_length": "short", "hair_color": "black", "upper_pattern": "plain", "shoe_color": "black",
+            "bag": "none", "bag_color": "none", "headwear": "none", "headwear_color": "none", "item": "none"}
+    records, entries = {}, []
+    for group, (count, attrs) in enumerate(people):
+        for number in range(count):
+            path = f"synthetic/p{group:05d}_s{number}.jpg"  # attributes.json names them below imgs/
+            records[path] = {**base, **attrs, "lower_color": ["black", "white", "grey", "red", "blue", "green",
+                                                              "yellow", "pink", "purple", "brown", "orange",
+                                                              "black"][number]}
+            entries.append(SimpleNamespace(path=f"imgs/{path}"))
+    (tmp_path / "attributes.json").write_text(json.dumps(records))
+    return SimpleNamespace(raw_root=tmp_path, entries=lambda split: entries)
+
+
+def test_the_demo_asks_what_the_gallery_holds_often_enough_to_fill_a_top_10(tmp_path):
+    from personsearch.demo import DEMO_QUERY, demo_query, gallery_queries
+
+    man = {"gender": "male", "upper_type": "t-shirt", "upper_color": "black", "lower_type": "pants"}
+    woman = {"gender": "female", "upper_type": "coat", "upper_color": "red", "lower_type": "pants"}
+    # 12 men in black t-shirts (each in other trousers), 2 women in red coats: the men are asked for.
+    assert demo_query(_fake_gallery(tmp_path, [(12, man), (2, woman)])) == "a man in a black t-shirt"
+    assert gallery_queries(_fake_gallery(tmp_path, [(12, man), (2, woman)]), 0, 1) == ["a man in a black t-shirt"]
+    # Held 10 times, the red coat is the question; with nothing held 5 times, it is asked as it is held.
+    assert demo_query(_fake_gallery(tmp_path, [(12, man), (10, woman)])) == DEMO_QUERY
+    assert demo_query(_fake_gallery(tmp_path, [(3, man), (2, woman)])) == DEMO_QUERY
+    assert demo_query(_fake_gallery(tmp_path, [(6, man), (2, woman)])) == "a man in a black t-shirt"

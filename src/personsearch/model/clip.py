@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from personsearch.errors import InputError
 from personsearch.model.transformer import Attention, QuickGELU, ResidualAttentionBlock, Transformer, average_rows
 
-__all__ = ["CLIP", "Attention", "CLIPConfig", "QuickGELU", "ResidualAttentionBlock", "TOWERS", "Transformer",
-           "build_clip", "config_from_state_dict", "check_towers", "patch_grid"]
+__all__ = ["CLIP", "Attention", "CLIPConfig", "ConvStem", "QuickGELU", "ResidualAttentionBlock", "TOWERS",
+           "Transformer", "build_clip", "check_conv_stem", "config_from_state_dict", "check_towers", "patch_grid"]
 
 #: The two encoders of a CLIP, by the name ``towers`` arguments use.
 TOWERS = ("image", "text")
@@ -47,6 +47,7 @@ class CLIPConfig:
     text_heads: int
     context_length: int = 77
     vocab_size: int = 49408
+    stem: str = "patch"  # "patch": one patch projection (OpenAI's); "conv": ``ConvStem``
 
     @property
     def pretrained_grid(self) -> tuple[int, int] | None:
@@ -56,7 +57,9 @@ class CLIPConfig:
         return (side, side)
 
 
-_REQUIRED_KEYS = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
+#: The image tower's first layer: OpenAI's patch projection (or a ``ConvStem``: visual.conv1.N.*).
+_STEM_KEYS = ("visual.conv1.weight",)
+_REQUIRED_KEYS = ("visual.class_embedding", "visual.positional_embedding",
                   "visual.ln_post.weight", "visual.proj", "token_embedding.weight", "positional_embedding",
                   "ln_final.weight", "text_projection")
 
@@ -81,13 +84,25 @@ def config_from_state_dict(state_dict: dict[str, Tensor]) -> CLIPConfig:
             hint="use a ViT CLIP such as ViT-B/16",
         )
     missing = [key for key in _REQUIRED_KEYS if key not in state_dict]
+    if not any(key.startswith("visual.conv1.") for key in state_dict):
+        missing.insert(0, _STEM_KEYS[0])
     if missing:
         raise InputError(
             f"not a CLIP ViT checkpoint: missing {', '.join(missing)}",
             hint="expected OpenAI CLIP parameter names (visual.*, transformer.*, token_embedding, ...)",
         )
-    conv = state_dict["visual.conv1.weight"]
-    vision_width, _, patch_size, _ = conv.shape
+    if "visual.conv1.weight" in state_dict:
+        stem = "patch"
+        vision_width, _, patch_size, _ = state_dict["visual.conv1.weight"].shape
+    else:
+        stem, convs = "conv", (_count_layers(state_dict, "visual.conv1.") + 1) // 2
+        weights = [state_dict.get(f"visual.conv1.{ConvStem.index(i)}.weight") for i in range(convs)]
+        channels = [3] + [w.shape[0] if w is not None and w.ndim == 4 else -1 for w in weights]
+        if any(w is None or w.ndim != 4 or w.shape[1] != channels[i] or tuple(w.shape[2:]) != (3, 3)
+               for i, w in enumerate(weights)):
+            raise InputError("not a CLIP ViT checkpoint: its convolutional stem (visual.conv1.N.weight) is incomplete "
+                             "or its layers do not chain")
+        vision_width, patch_size = channels[-1], 2**convs
     vision_layers = _count_layers(state_dict, "visual.transformer.resblocks.")
     text_layers = _count_layers(state_dict, "transformer.resblocks.")
     if vision_layers == 0 or text_layers == 0:
@@ -108,6 +123,7 @@ def config_from_state_dict(state_dict: dict[str, Tensor]) -> CLIPConfig:
         text_heads=max(1, text_width // 64),
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
+        stem=stem,
     )
 
 
@@ -138,13 +154,61 @@ def check_towers(towers: Any) -> tuple[str, ...]:
     return tuple(name for name in TOWERS if name in names)
 
 
+class ConvStem(nn.Sequential):
+    """3x3 convolutions of stride 2 in place of the patch projection, one per halving of the patch
+    size (8 -> three), channels doubling up to the tower's width, GELU between them. Its output is
+    the same patch grid. Early convolutions give a tower trained from scratch on a few thousand
+    images the locality prior a ViT lacks: it learns garment shapes (a dress, a coat, bare legs)
+    that carry over to unseen people, where patches learn mostly colours
+    (benchmarks/probe_attributes.py)."""
+
+    def __init__(self, width: int, patch_size: int) -> None:
+        steps = check_conv_stem(patch_size)
+        channels = [3] + [max(min(16, width), width >> (steps - 1 - i)) for i in range(steps)]
+        layers: list[nn.Module] = []
+        for i in range(steps):
+            if i:
+                layers.append(nn.GELU())
+            layers.append(nn.Conv2d(channels[i], channels[i + 1], kernel_size=3, stride=2, padding=1))
+        super().__init__(*layers)
+
+    @staticmethod
+    def index(conv: int) -> int:
+        """The position in the sequence of the ``conv``-th convolution (GELUs sit between)."""
+        return 2 * conv
+
+    @property
+    def weight(self) -> Tensor:
+        """The first convolution's weight: what callers read the tower's dtype and device from."""
+        first = self[0]
+        assert isinstance(first, nn.Conv2d)
+        return first.weight
+
+
+def check_conv_stem(patch_size: int, stride: int | None = None) -> int:
+    """The number of stride-2 convolutions a conv stem needs for ``patch_size``; an InputError
+    unless it is a power of two of at least 2 and (``stride`` given) the patches do not overlap."""
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise InputError(f"a conv stem needs a patch size that is a power of two (2, 4, 8, 16, ...), not {patch_size}",
+                         hint="set model.arch.patch_size to 8 or 16, or model.arch.stem to patch")
+    if stride is not None and stride != patch_size:
+        raise InputError(f"a conv stem makes non-overlapping patches: model.stride {stride} must equal the patch "
+                         f"size {patch_size}", hint=f"set model.stride={patch_size}")
+    return patch_size.bit_length() - 1
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, config: CLIPConfig, grid: tuple[int, int], stride: int) -> None:
         super().__init__()
         width = config.vision_width
         self.grid = grid
         self.stride = stride
-        self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=stride, bias=False)
+        self.conv1: nn.Module
+        if config.stem == "conv":
+            check_conv_stem(config.patch_size, stride)
+            self.conv1 = ConvStem(width, config.patch_size)
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=config.patch_size, stride=stride, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid[0] * grid[1] + 1, width))
@@ -173,7 +237,7 @@ class VisionTransformer(nn.Module):
 
     def _embed(self, images: Tensor) -> Tensor:
         """Patch, class and position embeddings after ``ln_pre``: the first block's input."""
-        x = self.conv1(images.to(self.conv1.weight.dtype))
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # type: ignore[union-attr]
         if tuple(x.shape[-2:]) != self.grid:
             raise InputError(
                 f"images of size {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid; "
@@ -224,7 +288,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return (self.visual.conv1.weight if self.visual is not None else self.token_embedding.weight).dtype
+        return (self.visual.conv1.weight if self.visual is not None else self.token_embedding.weight).dtype  # type: ignore[union-attr]
 
     @property
     def embed_dim(self) -> int:
@@ -349,5 +413,6 @@ def build_clip(
         text_heads=_arch_value(arch, "text_heads"),
         context_length=int(context_length),
         vocab_size=int(vocab_size),
+        stem=str(arch.get("stem", "patch") if isinstance(arch, dict) else getattr(arch, "stem", "patch")),
     )
     return CLIP(config, image_size=image_size, stride=stride)

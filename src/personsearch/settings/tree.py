@@ -83,6 +83,12 @@ class ArchSettings(Section):
     text_width: Annotated[WholeNumber, Field(ge=1, le=MAX_WIDTH)] = 512
     text_layers: Annotated[WholeNumber, Field(ge=1, le=MAX_LAYERS)] = 12
     text_heads: Annotated[WholeNumber, Field(ge=1, le=MAX_HEADS)] = 8
+    stem: Literal["patch", "conv"] = Field(
+        "patch",
+        description="the image tower's first layer: one patch projection (OpenAI's), or conv: 3x3 stride-2 "
+        "convolutions, one per halving of patch_size (a power of two; model.stride must equal it), which learn "
+        "shapes from fewer images when training from scratch",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_widths(self) -> ArchSettings:
@@ -304,6 +310,15 @@ class Settings(Section):
                     {"model.arch.embed_dim": arch.embed_dim, "loss.names": self.loss.names},
                 )
             _check_patch_grid(model.image_size, arch.patch_size, model.stride)
+            if arch.stem == "conv" and (arch.patch_size < 2 or arch.patch_size & (arch.patch_size - 1)
+                                        or model.stride != arch.patch_size):
+                raise Inconsistent(
+                    f"model.arch.stem conv needs a patch size that is a power of two and model.stride equal to it "
+                    f"(its convolutions halve the image; the patches do not overlap), not patch size "
+                    f"{arch.patch_size} at stride {model.stride}",
+                    {"model.arch.stem": arch.stem, "model.arch.patch_size": arch.patch_size,
+                     "model.stride": model.stride},
+                )
         train = self.train
         if self.data.sampler == "identity" and train.batch_size % self.data.num_instances:
             raise Inconsistent(

@@ -14,13 +14,14 @@ from personsearch.data.synthetic.look import Look
 
 
 def draw_backpack_behind(canvas: Canvas, fig: Figure, look: Look) -> None:
-    """Seen from the side, a backpack is a block behind the back, drawn before the body."""
+    """The pack behind the body, drawn before it: a block behind the back seen from the side, and
+    from the front its sides showing past the torso (the straps follow with the body)."""
     unit, cx, half_sh = fig.unit, fig.centre_x, fig.half_shoulder
-    canvas.draw.rounded_rectangle(
-        [cx - half_sh - 0.07 * unit, fig.y(0.19), cx - half_sh + 0.02 * unit, fig.y(0.42)],
-        radius=0.02 * unit,
-        fill=look.bag,
-    )
+    if fig.side:
+        box = [cx - half_sh - 0.09 * unit, fig.y(0.18), cx - half_sh + 0.02 * unit, fig.y(0.44)]
+    else:
+        box = [cx - half_sh * 1.1, fig.y(0.19), cx + half_sh * 1.1, fig.y(0.45)]
+    canvas.draw.rounded_rectangle(box, radius=0.02 * unit, fill=look.bag)
 
 
 def draw_headwear(canvas: Canvas, fig: Figure, headwear: str, look: Look) -> None:
@@ -99,13 +100,13 @@ def _draw_backpack(canvas: Canvas, fig: Figure, look: Look) -> None:
     elif fig.view == "front":
         for strap_offset in (-0.55, 0.55):
             canvas.draw.line(
-                [(cx + strap_offset * half_sh, shoulder_y), (cx + strap_offset * half_sh * 0.9, fig.y(0.36))],
+                [(cx + strap_offset * half_sh, shoulder_y), (cx + strap_offset * half_sh * 0.9, fig.y(0.4))],
                 fill=look.bag,
-                width=strap * 2,
+                width=strap * 3,
             )
     else:
         canvas.draw.line(
-            [(cx - 0.01 * unit, shoulder_y), (cx - 0.02 * unit, fig.y(0.36))], fill=look.bag, width=strap * 2
+            [(cx - 0.01 * unit, shoulder_y), (cx - 0.02 * unit, fig.y(0.38))], fill=look.bag, width=strap * 3
         )
 
 
@@ -114,13 +115,15 @@ def _draw_shoulder_bag(canvas: Canvas, fig: Figure, look: Look) -> None:
     unit, cx = fig.unit, fig.centre_x
     far_shoulder_x = cx + fig.half_shoulder * (0.6 if not fig.side else 0.2)
     bag_centre = (cx - fig.half_waist * 1.25, fig.y(0.5))
-    canvas.draw.line([(far_shoulder_x, fig.shoulder_y), bag_centre], fill=shade(look.bag, 0.85), width=fig.strap_width)
+    canvas.draw.line(
+        [(far_shoulder_x, fig.shoulder_y), bag_centre], fill=shade(look.bag, 0.85), width=fig.strap_width * 2
+    )
     canvas.draw.rounded_rectangle(
         [
-            bag_centre[0] - 0.05 * unit,
-            bag_centre[1] - 0.035 * unit,
-            bag_centre[0] + 0.045 * unit,
-            bag_centre[1] + 0.04 * unit,
+            bag_centre[0] - 0.06 * unit,
+            bag_centre[1] - 0.045 * unit,
+            bag_centre[0] + 0.055 * unit,
+            bag_centre[1] + 0.05 * unit,
         ],
         radius=0.01 * unit,
         fill=look.bag,
@@ -140,10 +143,10 @@ def _draw_handbag(canvas: Canvas, fig: Figure, look: Look, hand: Point) -> None:
     )
     canvas.polygon(
         [
-            (hand_x - 0.045 * unit, hand_y + 0.005 * unit),
-            (hand_x + 0.045 * unit, hand_y + 0.005 * unit),
-            (hand_x + 0.055 * unit, hand_y + 0.07 * unit),
-            (hand_x - 0.055 * unit, hand_y + 0.07 * unit),
+            (hand_x - 0.05 * unit, hand_y + 0.005 * unit),
+            (hand_x + 0.05 * unit, hand_y + 0.005 * unit),
+            (hand_x + 0.065 * unit, hand_y + 0.085 * unit),
+            (hand_x - 0.065 * unit, hand_y + 0.085 * unit),
         ],
         look.bag,
     )

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import random
 
-from personsearch.data.synthetic.canvas import Canvas, Color, Point, shade
+from personsearch.data.synthetic.canvas import Canvas, Color, Point, contrast, shade
 from personsearch.data.synthetic.figure import Arm, Figure, Leg
 from personsearch.data.synthetic.look import Look
 
 #: Where each upper garment ends, as a fraction of the body height.
 HEM_FRAC: dict[str, float] = {
-    "coat": 0.65,
+    "coat": 0.72,
     "dress": 0.71,
-    "jacket": 0.53,
+    "jacket": 0.51,
     "sweater": 0.5,
     "shirt": 0.5,
     "t-shirt": 0.49,
 }
 #: How far a long garment widens towards its hem, as a factor on the waist width.
-HEM_FLARE: dict[str, float] = {"coat": 1.25, "dress": 1.6, "jacket": 1.05}
+HEM_FLARE: dict[str, float] = {"coat": 1.3, "dress": 1.6, "jacket": 1.08}
 
 _EYE: Color = (30, 24, 22)
 
@@ -106,55 +106,98 @@ def draw_seat_or_skirt(canvas: Canvas, fig: Figure, lower_type: str, look: Look)
 
 
 def draw_upper_garment(canvas: Canvas, fig: Figure, upper_type: str, pattern: str, look: Look) -> None:
-    """The torso in the upper garment, patterned, with the details that tell garments apart."""
+    """The torso in the upper garment, patterned, with the details that tell garments apart.
+
+    Each kind carries a cue that survives the reduction to a 32-pixel-wide crop from every
+    viewpoint: bare forearms (t-shirt, dress), a pale collar (shirt), broad ribbed bands (sweater),
+    a dark collar, a waistband and an open front over a contrasting layer (jacket), knee length
+    and a belt (coat).
+    """
     unit, cx = fig.unit, fig.centre_x
     half_sh, half_waist = fig.half_shoulder, fig.half_waist
     shoulder_y, waist_y = fig.shoulder_y, fig.waist_y
     hem_frac = HEM_FRAC[upper_type]
-    flare = HEM_FLARE.get(upper_type, 1.0)
-    torso = [(cx - half_sh, shoulder_y), (cx + half_sh, shoulder_y), (cx + half_waist * 1.05, waist_y)]
-    if hem_frac > 0.55:
-        torso += [(cx + half_waist * flare, fig.y(hem_frac)), (cx - half_waist * flare, fig.y(hem_frac))]
-    else:
-        torso += [(cx + half_waist * 1.05, fig.y(hem_frac)), (cx - half_waist * 1.05, fig.y(hem_frac))]
-    torso += [(cx - half_waist * 1.05, waist_y)]
+    hem_y = fig.y(hem_frac)
+    half_hem = half_waist * max(HEM_FLARE.get(upper_type, 1.0), 1.05)
+    torso = [
+        (cx - half_sh, shoulder_y),
+        (cx + half_sh, shoulder_y),
+        (cx + half_waist * 1.05, waist_y),
+        (cx + half_hem, hem_y),
+        (cx - half_hem, hem_y),
+        (cx - half_waist * 1.05, waist_y),
+    ]
     canvas.polygon(torso, look.upper, pattern, look.stripe, period=0.036 * unit)
-    if upper_type == "sweater":  # ribbed hem
+    band = shade(look.upper, 0.62)
+    if upper_type == "sweater":  # broad ribbed hem
+        canvas.draw.rectangle([cx - half_hem, hem_y - 0.045 * unit, cx + half_hem, hem_y], fill=band)
+    elif upper_type == "jacket":  # waistband
+        canvas.draw.rectangle([cx - half_hem, hem_y - 0.03 * unit, cx + half_hem, hem_y], fill=band)
+    elif upper_type == "coat":  # belt, and a vent at the back
         canvas.draw.rectangle(
-            [cx - half_waist * 1.05, fig.y(hem_frac) - 0.018 * unit, cx + half_waist * 1.05, fig.y(hem_frac)],
-            fill=shade(look.upper, 0.82),
+            [cx - half_waist * 1.08, waist_y - 0.05 * unit, cx + half_waist * 1.08, waist_y - 0.02 * unit], fill=band
+        )
+        if fig.view == "back":
+            canvas.draw.line([(cx, waist_y), (cx, hem_y)], fill=band, width=max(1, int(0.008 * unit)))
+    if upper_type in ("shirt", "jacket"):  # a collar seen from every side: pale (shirt) or dark (jacket)
+        canvas.draw.rectangle(
+            [cx - 0.05 * unit, shoulder_y - 0.012 * unit, cx + 0.05 * unit, shoulder_y + 0.018 * unit],
+            fill=_collar_color(look) if upper_type == "shirt" else band,
         )
     if fig.view == "front":
         _draw_garment_front(canvas, fig, upper_type, hem_frac, look)
 
 
+def _collar_color(look: Look) -> Color:
+    """White on a garment of any colour but the palest, where it is a clear grey."""
+    return (150, 150, 154) if sum(look.upper) > 600 else (240, 240, 236)
+
+
 def _draw_garment_front(canvas: Canvas, fig: Figure, upper_type: str, hem_frac: float, look: Look) -> None:
-    """Zip and lapels (jacket, coat), collar and buttons (shirt), or a round neckline."""
+    """An open front over a contrasting layer (jacket), lapels and two rows of buttons (coat), a
+    pointed collar and buttons (shirt), or a round neckline (ribbed on a sweater)."""
     unit, cx, shoulder_y = fig.unit, fig.centre_x, fig.shoulder_y
-    detail = shade(look.upper, 0.72 if sum(look.upper) > 200 else 1.6)
-    line_width = max(1, int(0.006 * unit))
+    detail = shade(look.upper, 0.62 if sum(look.upper) > 200 else 1.8)
+    line_width = max(1, int(0.008 * unit))
     y = fig.y
-    if upper_type in ("jacket", "coat"):
-        canvas.draw.line([(cx, shoulder_y + 0.01 * unit), (cx, y(hem_frac))], fill=detail, width=line_width)
-        canvas.polygon(
-            [(cx - 0.045 * unit, shoulder_y - 0.005 * unit), (cx, y(0.26)), (cx - 0.02 * unit, y(0.2))], detail
+    if upper_type == "jacket":
+        canvas.polygon(  # the layer underneath, showing down the open front
+            [(cx - 0.035 * unit, shoulder_y), (cx + 0.035 * unit, shoulder_y), (cx + 0.028 * unit, y(hem_frac)),
+             (cx - 0.028 * unit, y(hem_frac))],
+            contrast(look.upper),
         )
-        canvas.polygon(
-            [(cx + 0.045 * unit, shoulder_y - 0.005 * unit), (cx, y(0.26)), (cx + 0.02 * unit, y(0.2))], detail
-        )
-        if upper_type == "coat":
-            for frac in (0.3, 0.4, 0.5, 0.6):
-                canvas.ellipse((cx + 0.025 * unit, y(frac)), 0.006 * unit, 0.006 * unit, detail)
+        for sign in (-1.0, 1.0):
+            canvas.draw.line([(cx + sign * 0.035 * unit, shoulder_y), (cx + sign * 0.028 * unit, y(hem_frac))],
+                             fill=detail, width=line_width)
+    elif upper_type == "coat":
+        for sign in (-1.0, 1.0):
+            canvas.polygon(
+                [(cx + sign * 0.055 * unit, shoulder_y - 0.005 * unit), (cx, y(0.28)),
+                 (cx + sign * 0.025 * unit, y(0.2))],
+                detail,
+            )
+        for frac in (0.3, 0.38, 0.52, 0.6):
+            for offset in (-0.03, 0.03):
+                canvas.ellipse((cx + offset * unit, y(frac)), 0.008 * unit, 0.008 * unit, detail)
     elif upper_type == "shirt":
-        canvas.polygon(
-            [(cx - 0.035 * unit, shoulder_y - 0.008 * unit), (cx, y(0.21)), (cx - 0.03 * unit, y(0.205))], detail
-        )
-        canvas.polygon(
-            [(cx + 0.035 * unit, shoulder_y - 0.008 * unit), (cx, y(0.21)), (cx + 0.03 * unit, y(0.205))], detail
-        )
-        for frac in (0.25, 0.32, 0.39, 0.46):
-            canvas.ellipse((cx, y(frac)), 0.004 * unit, 0.004 * unit, detail)
-    else:  # round neckline
+        collar = _collar_color(look)
+        for sign in (-1.0, 1.0):
+            canvas.polygon(
+                [(cx + sign * 0.05 * unit, shoulder_y - 0.01 * unit), (cx, y(0.215)),
+                 (cx + sign * 0.04 * unit, y(0.225))],
+                collar,
+            )
+        canvas.draw.line([(cx, y(0.215)), (cx, y(hem_frac))], fill=detail, width=line_width)
+        for frac in (0.26, 0.33, 0.4, 0.47):
+            canvas.ellipse((cx, y(frac)), 0.005 * unit, 0.005 * unit, detail)
+    else:  # round neckline; a sweater's is ribbed
+        if upper_type == "sweater":
+            canvas.draw.chord(
+                [cx - 0.045 * unit, shoulder_y - 0.04 * unit, cx + 0.045 * unit, shoulder_y + 0.035 * unit],
+                0,
+                180,
+                fill=shade(look.upper, 0.62),
+            )
         canvas.draw.chord(
             [cx - 0.03 * unit, shoulder_y - 0.03 * unit, cx + 0.03 * unit, shoulder_y + 0.025 * unit],
             0,
@@ -187,8 +230,8 @@ def _draw_arm(canvas: Canvas, fig: Figure, arm: Arm, upper_type: str, look: Look
     else:
         canvas.limb(shoulder, elbow, width_shoulder, width_elbow, sleeve_color)
         canvas.limb(elbow, hand, width_elbow, width_wrist, sleeve_color)
-        if upper_type == "sweater":  # ribbed cuff
-            canvas.limb(hand, hand, width_wrist * 1.05, width_wrist * 1.05, shade(look.upper, 0.82))
+        if upper_type in ("sweater", "jacket"):  # ribbed cuff
+            canvas.limb(hand, hand, width_wrist * 1.3, width_wrist * 1.3, shade(look.upper, 0.62))
     canvas.ellipse(hand, width_wrist * 0.6, width_wrist * 0.7, skin)
 
 

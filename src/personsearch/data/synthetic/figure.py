@@ -50,6 +50,7 @@ class Figure:
     view: str  # "front", "back" or "side" (facing right)
     stride: float  # leg angle from the vertical, radians
     swing: float  # arm angle from the vertical, radians
+    shoulders: float = 1.0  # shoulder width against the waist (``Look.shoulders``): broader for men
 
     @property
     def side(self) -> bool:
@@ -82,7 +83,7 @@ class Figure:
     @property
     def half_shoulder(self) -> float:
         """Half the shoulder width (narrower seen from the side)."""
-        return (0.07 if self.side else 0.118) * self.unit * self.build
+        return (0.07 if self.side else 0.118 * self.shoulders) * self.unit * self.build
 
     @property
     def half_waist(self) -> float:
@@ -110,7 +111,7 @@ class Figure:
 
     @property
     def arm_width_shoulder(self) -> float:
-        return 0.046 * self.unit * self.build
+        return 0.046 * self.unit * self.build * math.sqrt(self.shoulders)
 
     @property
     def arm_width_wrist(self) -> float:
@@ -156,10 +157,14 @@ class Figure:
         return Arm(shoulder, elbow, hand)
 
 
-def pose_figure(box: tuple[float, float, float], build: float, view: str, rng: random.Random) -> Figure:
+def pose_figure(
+    box: tuple[float, float, float], build: float, view: str, rng: random.Random, shoulders: float = 1.0
+) -> Figure:
     """Place a person at ``box`` (centre x, head top y, body height) with a random stride and swing."""
     centre_x, top, unit = box
     side = view == "side"
     stride = rng.uniform(0.0, 0.2) if side else rng.uniform(0.0, 0.05)
     swing = rng.uniform(0.0, 0.35) if side else rng.uniform(0.02, 0.12)
-    return Figure(centre_x=centre_x, top=top, unit=unit, build=build, view=view, stride=stride, swing=swing)
+    return Figure(
+        centre_x=centre_x, top=top, unit=unit, build=build, view=view, stride=stride, swing=swing, shoulders=shoulders
+    )

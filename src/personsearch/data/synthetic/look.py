@@ -29,6 +29,7 @@ class Look:
 
     skin: Color
     width: float  # build: a factor on body widths
+    shoulders: float  # shoulder width against the waist: the plainest sign of gender at a distance
     hair: Color
     upper: Color
     stripe: Color
@@ -55,6 +56,7 @@ def identity_look(attrs: Mapping[str, str], look_seed: int) -> Look:
     return Look(
         skin=rng.choice(SKIN_TONES),
         width=rng.uniform(0.9, 1.1) * (0.94 if attrs["gender"] == "female" else 1.04),
+        shoulders=0.84 if attrs["gender"] == "female" else 1.14,
         hair=jitter(HAIR_PALETTE[attrs["hair_color"]], rng, 6.0),
         upper=upper,
         stripe=stripe,

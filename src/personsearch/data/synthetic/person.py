@@ -43,12 +43,12 @@ def draw_person(
     """
     upper_type, lower_type = attrs["upper_type"], attrs.get("lower_type", "none")
     pattern = attrs["upper_pattern"]
-    fig = pose_figure(box, look.width, view, rng)
+    fig = pose_figure(box, look.width, view, rng, look.shoulders)
     long_hair = attrs["hair_length"] == "long"
 
     if long_hair and view != "back":
         draw_hair_behind_shoulders(canvas, fig, look)
-    if fig.side and attrs["bag"] == "backpack":
+    if attrs["bag"] == "backpack" and view != "back":
         draw_backpack_behind(canvas, fig, look)
     draw_legs(canvas, fig, lower_type, look)
     draw_seat_or_skirt(canvas, fig, lower_type, look)

@@ -307,25 +307,30 @@ def query_combinations(attrs: Mapping[str, str]) -> list[Attributes]:
 
 
 def queries_from_gallery(
-    attributes_by_path: Mapping[str, Mapping[str, str]], paths: Iterable[str], count: int, seed: int = 0
+    attributes_by_path: Mapping[str, Mapping[str, str]], paths: Iterable[str], count: int, seed: int = 0,
+    min_holders: int = 1,
 ) -> list[tuple[str, Attributes]]:
     """``count`` distinct queries (text, the attributes it names) built from attribute combinations
-    that exist among the images ``paths`` (keys of ``attributes_by_path``; paths without
-    attributes are passed over), so every query has at least one correct answer in that gallery.
+    that at least ``min_holders`` of the images ``paths`` have (keys of ``attributes_by_path``;
+    paths without attributes are passed over), so every query has that many correct answers in
+    that gallery (10: all of a top 10 can be right).
 
     Each names gender + upper garment colour and type, some also the lower garment or the bag,
     phrased as ``phrase_query`` does. Fewer come back when the gallery holds fewer combinations;
     the choice depends only on the combinations and ``seed``."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
-    combinations: set[tuple[tuple[str, str], ...]] = set()
+    if isinstance(min_holders, bool) or not isinstance(min_holders, int) or min_holders < 1:
+        raise ValueError(f"min_holders must be a positive integer, got {min_holders!r}")
+    holders: dict[tuple[tuple[str, str], ...], int] = {}
     for path in paths:
         attrs = attributes_by_path.get(path)
         if attrs is None:
             continue
         for combination in query_combinations(attrs):
-            combinations.add(tuple((name, combination[name]) for name in QUERY_ATTRIBUTES if name in combination))
-    candidates = sorted(combinations)
+            key = tuple((name, combination[name]) for name in QUERY_ATTRIBUTES if name in combination)
+            holders[key] = holders.get(key, 0) + 1
+    candidates = sorted(key for key, held in holders.items() if held >= min_holders)
     chosen = random.Random(seed).sample(candidates, min(count, len(candidates)))
     return [(phrase_query(dict(items)), dict(items)) for items in chosen]
 

@@ -26,6 +26,9 @@ from personsearch.data.synthetic.look import identity_look
 from personsearch.data.synthetic.person import draw_person
 
 IMAGE_SIZE = (96, 288)
+#: Raised whenever the same attributes and seeds come out as other pixels (2: garment cues that
+#: survive a 32-pixel-wide crop, gendered shoulders, larger bags), so a kept set is drawn anew.
+DRAWING_VERSION = 2
 _SS = 2  # supersampling factor
 
 
