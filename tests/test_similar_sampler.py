@@ -111,3 +111,35 @@ def test_build_sampler_and_settings():
     assert resolve_settings(environ={}).data.sampler == "random"
     with pytest.raises(InputError):
         resolve_settings(sets=["data.similar_group=0"], environ={})
+
+
+def test_colour_neighbours_wear_the_same_colours_whatever_else_they_wear():
+    from personsearch.data.samplers import colour_token_ids
+    from personsearch.text.tokenizer import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    colours = colour_token_ids()
+    assert len(colours) == 24 and tokenizer.encode("red")[0] in colours and tokenizer.encode("coat")[0] not in colours
+    # Identity i wears colour i // 2 in a garment of kind i % 2: the garment words say "kind", the
+    # colour words say "colour"; each identity also has words of its own.
+    palette = [tokenizer.encode(word)[0] for word in ("red", "blue", "green", "yellow")]
+    kinds = [tokenizer.encode(word)[0] for word in ("coat", "dress")]
+    pids, rows = [], []
+    for pid in range(8):
+        for _ in range(2):
+            pids.append(pid)
+            rows.append(_caption([palette[pid // 2], kinds[pid % 2], kinds[pid % 2], 500 + pid]))
+    tokens = np.asarray(rows, dtype=np.int32)
+    by_colour = caption_neighbours(pids, tokens, count=1, only=colours)
+    assert by_colour == {pid: [pid ^ 1] for pid in range(8)}  # same colour, the other kind
+    only = [palette[0]]  # one kept word: the plain formulation over that word alone agrees
+    kept = np.where(np.isin(tokens, only + [SOT_TOKEN_ID, EOT_TOKEN_ID, 0]), tokens, 0)
+    assert caption_neighbours(pids, tokens, count=1, only=only)[0] == _plain_neighbours(pids, kept, 1)[0]
+    sampler = SimilarCaptionSampler(pids, tokens, batch_size=4, group=2, words="colours")
+    assert sampler.neighbours == caption_neighbours(pids, tokens, 16, only=colours)
+    with pytest.raises(ValueError, match="words"):
+        SimilarCaptionSampler(pids, tokens, batch_size=4, words="nouns")
+    settings = resolve_settings(sets=["data.sampler=similar", "data.similar_words=colours"], environ={})
+    assert settings.data.similar_words == "colours"
+    with pytest.raises(InputError):
+        resolve_settings(sets=["data.similar_words=verbs"], environ={})

@@ -157,16 +157,35 @@ class IdentitySampler(_EpochSampler):
         return [index for batch in mine for index in batch]
 
 
-def caption_neighbours(pids: Sequence[int], tokens: np.ndarray, count: int, chunk: int = 1024) -> dict[int, list[int]]:
+#: The words ``data.similar_words=colours`` compares captions by: people dressed in the same
+#: colours are the hard negatives of text-based person search.
+COLOUR_WORDS = ("black", "white", "grey", "gray", "red", "blue", "green", "yellow", "pink", "purple", "violet",
+                "brown", "orange", "beige", "khaki", "navy", "tan", "maroon", "silver", "gold", "golden", "cream",
+                "dark", "light")
+
+
+def colour_token_ids() -> list[int]:
+    """The token ids of ``COLOUR_WORDS`` (each a single token of the CLIP tokenizer)."""
+    from personsearch.text.tokenizer import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    return sorted({ids[0] for ids in (tokenizer.encode(word) for word in COLOUR_WORDS) if len(ids) == 1})
+
+
+def caption_neighbours(pids: Sequence[int], tokens: np.ndarray, count: int, chunk: int = 1024,
+                       only: Sequence[int] | None = None) -> dict[int, list[int]]:
     """For every identity, the ``count`` other identities whose captions are most alike, most alike
     first: cosine similarity of tf-idf vectors over the token ids of all the identity's captions
-    (padding and the special ids left out). Ties go to the smaller identity."""
+    (padding and the special ids left out; with ``only``, just those ids). Ties go to the smaller
+    identity."""
     pid_list = sorted({int(pid) for pid in pids})
     if len(pid_list) < 2 or count < 1:
         return {pid: [] for pid in pid_list}
     row_of = {pid: row for row, pid in enumerate(pid_list)}
     tokens = np.asarray(tokens)
     kept = ~np.isin(tokens, (PAD_TOKEN_ID, MASK_TOKEN_ID, SOT_TOKEN_ID, EOT_TOKEN_ID))
+    if only is not None:
+        kept &= np.isin(tokens, np.asarray(only, dtype=tokens.dtype))
     sample_rows = np.repeat(np.asarray([row_of[int(pid)] for pid in pids]), kept.sum(axis=1))
     words, columns = np.unique(tokens[kept], return_inverse=True)
     # Dense identities x words used, weighted in place (CUHK-PEDES: ~11k x ~6k floats, ~0.3 GB once).
@@ -195,7 +214,10 @@ class SimilarCaptionSampler(_EpochSampler):
     neighbours (``caption_neighbours``, most alike first) that still have samples and are not in
     the batch yet; each gives one sample. Identities in a batch are distinct while enough remain;
     the epoch's last batches take what is left. Only the captions' token ids are used, so any
-    dataset works. Under several replicas whole batches are dealt round-robin.
+    dataset works. With ``words="colours"`` captions are compared by their colour words only
+    (``COLOUR_WORDS``), so a group wears the same colours and the losses must tell its people apart
+    by everything else: the kind of garment, the bag. Under several replicas whole batches are
+    dealt round-robin.
     """
 
     def __init__(
@@ -208,10 +230,13 @@ class SimilarCaptionSampler(_EpochSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        words: str = "all",
     ) -> None:
         super().__init__(seed, num_replicas, rank)
         if len(pids) < 1:
             raise ValueError("cannot sample from an empty dataset")
+        if words not in ("all", "colours"):
+            raise ValueError(f"words must be all or colours, not {words!r}")
         if len(tokens) != len(pids):
             raise ValueError(f"{len(tokens)} token rows for {len(pids)} samples")
         if group < 1 or batch_size < 1:
@@ -223,7 +248,8 @@ class SimilarCaptionSampler(_EpochSampler):
             groups.setdefault(int(pid), []).append(index)
         self.index_of_pid = groups
         self.pid_list = sorted(groups)
-        self.neighbours = caption_neighbours(pids, tokens, max(neighbours, group - 1))
+        only = colour_token_ids() if words == "colours" else None
+        self.neighbours = caption_neighbours(pids, tokens, max(neighbours, group - 1), only=only)
 
     def _global_order(self, rng: np.random.Generator) -> list[int]:
         left = {pid: rng.permutation(self.index_of_pid[pid]).tolist() for pid in self.pid_list}
@@ -277,9 +303,10 @@ def build_sampler(
     rank: int | None = None,
     tokens: np.ndarray | None = None,
     group: int = 4,
+    words: str = "all",
 ) -> ShuffleSampler | IdentitySampler | SimilarCaptionSampler:
     """The sampler named by ``data.sampler`` (``random``, ``identity`` or ``similar``, which needs
-    the samples' caption ``tokens`` and groups ``group`` alike identities)."""
+    the samples' caption ``tokens`` and groups ``group`` identities alike in ``words``)."""
     if kind == "identity":
         return IdentitySampler(pids, batch_size, num_instances, seed, num_replicas, rank)
     if kind == "random":
@@ -288,5 +315,5 @@ def build_sampler(
         if tokens is None:
             raise ValueError("the similar sampler needs the captions' token ids")
         return SimilarCaptionSampler(pids, tokens, batch_size, group, seed=seed, num_replicas=num_replicas,
-                                     rank=rank)
+                                     rank=rank, words=words)
     raise ValueError(f"unknown sampler {kind!r}; choose random, identity or similar")

@@ -123,6 +123,6 @@ def build_train_sampler(setup: TrainingSetup) -> Any:
         return build_sampler(settings.data.sampler, train_set.pids, setup.per_rank_batch,
                              settings.data.num_instances, seed=settings.runtime.seed,
                              num_replicas=info.world_size, rank=info.rank, tokens=tokens,
-                             group=settings.data.similar_group)
+                             group=settings.data.similar_group, words=settings.data.similar_words)
     except ValueError as exc:
         raise InputError(f"data.sampler = {settings.data.sampler!r}: {exc}") from None

@@ -30,6 +30,21 @@ def gallery_attributes(index: GalleryIndex) -> dict[str, dict[str, str]] | None:
     return attributes_under(index.image_root)
 
 
+def _named_and_attributes(
+    index: GalleryIndex, query: str, attributes: Mapping[str, Mapping[str, str]] | None
+) -> tuple[dict[str, str], Mapping[str, Mapping[str, str]]] | None:
+    """The attributes ``query`` names and the gallery's attributes; None when it names none or the
+    gallery is not the synthetic set."""
+    from personsearch.data.synthetic.queries import parse_query
+
+    named = parse_query(query)
+    if not named:
+        return None
+    if attributes is None:
+        attributes = gallery_attributes(index)
+    return None if attributes is None else (named, attributes)
+
+
 def attribute_matches(
     index: GalleryIndex, result: QueryResult, attributes: Mapping[str, Mapping[str, str]] | None = None
 ) -> list[bool] | None:
@@ -38,16 +53,13 @@ def attribute_matches(
     the gallery is not the synthetic set or the query names no attribute of it. An image the
     attributes file does not list counts as not matching. ``attributes`` (``gallery_attributes``
     of the same index) saves reading the file again for each result."""
-    from personsearch.data.synthetic.queries import matches, parse_query
+    from personsearch.data.synthetic.queries import matches
 
-    named = parse_query(result.query)
-    if not named:
+    found = _named_and_attributes(index, result.query, attributes)
+    if found is None:
         return None
-    if attributes is None:
-        attributes = gallery_attributes(index)
-        if attributes is None:
-            return None
-    return [matches(named, attributes.get(hit.path)) for hit in result.results]
+    named, known = found
+    return [matches(named, known.get(hit.path)) for hit in result.results]
 
 
 def gallery_holders(
@@ -56,16 +68,13 @@ def gallery_holders(
     """How many gallery images have every attribute ``query`` names: the most the top k can
     match, so "2 of 10" reads as a failure only when the gallery holds more than 2. None where
     ``attribute_matches`` gives None."""
-    from personsearch.data.synthetic.queries import matches, parse_query
+    from personsearch.data.synthetic.queries import matches
 
-    named = parse_query(query)
-    if not named:
+    found = _named_and_attributes(index, query, attributes)
+    if found is None:
         return None
-    if attributes is None:
-        attributes = gallery_attributes(index)
-        if attributes is None:
-            return None
-    return sum(matches(named, attributes.get(entry.path)) for entry in index.entries())
+    named, known = found
+    return sum(matches(named, known.get(entry.path)) for entry in index.entries())
 
 
 def describe_matches(flags: Sequence[bool], holders: int | None = None) -> str:

@@ -68,6 +68,11 @@ class DataSettings(Section):
         4, ge=1, le=MAX_BATCH,
         description="similar sampler: identities per group (an anchor and its most alike neighbours), one sample each",
     )
+    similar_words: Literal["all", "colours"] = Field(
+        "all",
+        description="similar sampler: compare captions by all their words, or by their colour words only "
+        "(colours: groups dressed alike, told apart by garment kinds and bags)",
+    )
     workers: WholeNumber = Field(2, ge=0, le=MAX_WORKERS, description="dataloader worker processes")
     skip_corrupt: bool = Field(True, description="skip unreadable images during training (counted) instead of failing")
 
