@@ -89,7 +89,8 @@ def _render(result) -> None:  # type: ignore[no-untyped-def]
     stdout.print(hits)
     if result.matching is not None:
         named = ", ".join(f"{name} {value}" for name, value in result.named.items())
-        held = "" if result.holders is None else f"; the test gallery holds {result.holders} such images"
+        held = "" if result.holders is None else (f"; the test gallery holds {result.holders} such "
+                                                  f"image{'' if result.holders == 1 else 's'}")
         stdout.print(f"{result.matching} of {len(result.top)} hits match every attribute the query names "
                      f"({named}{held}); the sheet {result.sheet} frames them green", markup=False)
     run = result.runs[-1].run
