@@ -142,9 +142,7 @@ def attribute_precision(run: Path, count: int, seed: int) -> dict[str, Any] | No
             matches,
             matching_in_top_k,
             parse_query,
-            phrase_query,
             queries_from_gallery,
-            query_combinations,
         )
     except ImportError:
         return None
@@ -169,11 +167,10 @@ def attribute_precision(run: Path, count: int, seed: int) -> dict[str, Any] | No
     for (_, named), hits in zip(queries, counts, strict=True):
         by_size.setdefault(len(named), []).append(hits)
     # Every combination at least 10 gallery images hold: there "half of the top 10" can be reached.
-    combinations = {tuple(sorted(c.items())) for path in paths for c in query_combinations(attributes.get(path) or {})}
-    answerable = sorted(c for c in combinations if sum(matches(dict(c), attributes.get(p)) for p in paths) >= 10)
-    answered = search_text(model, index, [phrase_query(dict(c)) for c in answerable], k=10) if answerable else []
-    full = [matching_in_top_k(dict(c), [attributes.get(hit.path) for hit in result.results], 10)
-            for c, result in zip(answerable, answered, strict=True)]
+    answerable = queries_from_gallery(attributes, paths, 3 * len(paths), seed=seed, min_holders=10)
+    answered = search_text(model, index, [text for text, _ in answerable], k=10) if answerable else []
+    full = [matching_in_top_k(named, [attributes.get(hit.path) for hit in result.results], 10)
+            for (_, named), result in zip(answerable, answered, strict=True)]
     return {
         "queries": len(counts),
         "precision_at_10": sum(counts) / (10 * len(counts)),

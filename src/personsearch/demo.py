@@ -65,9 +65,9 @@ class DemoResult:
     top: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     matching: int | None = None  # hits among the top 10 with every attribute the query names
-    holders: int | None = None  # test gallery images with every attribute the query names
     named: dict[str, str] = field(default_factory=dict)  # the attributes the query names
     suggestions: list[str] = field(default_factory=list)  # more queries the test gallery can answer
+    holders: int | None = None  # test gallery images with every attribute the query names
 
     def to_json(self) -> dict[str, Any]:
         main = self.runs[-1]
@@ -146,7 +146,13 @@ def run_demo(
     from personsearch.data.synthetic import parse_query
     from personsearch.io import RunLock
     from personsearch.retrieval.export import export_images
-    from personsearch.retrieval.query import attribute_matches, gallery_holders, render_query_sheet, search_text
+    from personsearch.retrieval.query import (
+        attribute_matches,
+        gallery_attributes,
+        gallery_holders,
+        render_query_sheet,
+        search_text,
+    )
     from personsearch.runs import INDEX_DIR, load_trained
 
     hooks = hooks or DemoHooks()
@@ -205,11 +211,12 @@ def run_demo(
         sheet = out / "query.png"
         render_query_sheet(gallery, results, sheet)
         top = [{"rank": hit.rank, "score": hit.score, "path": hit.path, "pid": hit.pid} for hit in results[0].results]
-        flags = attribute_matches(gallery, results[0])
-        holders = gallery_holders(gallery, query)
+        known = gallery_attributes(gallery)  # read once for both counts
+        flags = attribute_matches(gallery, results[0], known) if known is not None else None
+        holders = gallery_holders(gallery, query, known) if known is not None else None
     more = [text for text in gallery_queries(prepared, seed + 1, 3) if text != query][:2]
     return DemoResult(out, data, runs, index, sheet, query, top, time.monotonic() - started,
-                      sum(flags) if flags is not None else None, holders, parse_query(query), more)
+                      sum(flags) if flags is not None else None, parse_query(query), more, holders=holders)
 
 
 #: How many test images a demo question should have as right answers, most wanted first: 10 lets
